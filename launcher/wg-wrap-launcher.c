@@ -372,7 +372,8 @@ static void
 op_bind(const struct op *op)
 {
   /* A symlink such as /etc/resolv.conf -> ../run/systemd/resolve/... is
-   * resolved here, so the mount lands on the file the link points to. */
+   * resolved first: mount(2) would follow it too, but this way a dangling
+   * link fails as its own step and messages name the real target. */
   char *target = realpath(op->dst, NULL);
 
   if (target == NULL)
@@ -447,7 +448,7 @@ parse_create_args(int argc, char *argv[], struct op *ops, int *n_ops)
   return i + 1;
 }
 
-static int
+static void __attribute__((noreturn))
 cmd_create(int argc, char *argv[])
 {
   struct op *ops = calloc((size_t)argc + 1, sizeof *ops);
@@ -521,7 +522,7 @@ open_pidfd(const struct join_args *args)
   return pidfd;
 }
 
-static int
+static void __attribute__((noreturn))
 cmd_join(int argc, char *argv[])
 {
   struct join_args args;
@@ -566,8 +567,8 @@ main(int argc, char *argv[])
     return fflush(stdout) == 0 ? 0 : EXIT_LAUNCHER_FAILED;
   }
   if (strcmp(argv[1], "create") == 0)
-    return cmd_create(argc - 2, argv + 2);
+    cmd_create(argc - 2, argv + 2);
   if (strcmp(argv[1], "join") == 0)
-    return cmd_join(argc - 2, argv + 2);
+    cmd_join(argc - 2, argv + 2);
   die_usage("unknown command '%s'", argv[1]);
 }

@@ -1,0 +1,156 @@
+"""Shared fixtures: the staged install and the unprivileged test user.
+
+Tests run as root (CI does), but everything wg-wrap does is run as an
+unprivileged user through ``setpriv``: root must never mask a bug.  That user
+cannot read a checkout under a 0700 home directory, so ``make test`` first
+stages a world-readable install (``scripts/stage.sh``): a virtual environment
+with wg-wrap installed by ``make install`` into it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+STAGE = Path(os.environ.get("WG_WRAP_STAGE", "/var/tmp/wg-wrap-stage"))
+TEST_USER = os.environ.get("WG_WRAP_TEST_USER", "wgwrap-test")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A world-readable install of wg-wrap that the test user can run."""
+
+    root: Path
+    python: Path
+    libexec: Path
+
+    @property
+    def launcher(self) -> Path:
+        return self.libexec / "wg-wrap-launcher"
+
+    @property
+    def sidecar(self) -> Path:
+        return self.libexec / "wg-wrap-sidecar"
+
+    def wg_wrap(self, *args: str) -> list[str]:
+        return [str(self.python), "-m", "wg_wrap", *args]
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+
+
+@pytest.fixture(scope="session")
+def stage() -> Stage:
+    venv = STAGE / "venv"
+    s = Stage(root=STAGE, python=venv / "bin" / "python", libexec=venv / "libexec" / "wg-wrap")
+    missing = [p for p in (s.python, s.launcher, s.sidecar) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"staged install missing ({', '.join(map(str, missing))}): "
+            "run the tests with `make test`, which stages it (scripts/stage.sh)",
+            pytrace=False,
+        )
+    return s
+
+
+@pytest.fixture(scope="session")
+def test_user() -> User:
+    if os.geteuid() != 0:
+        pytest.fail(
+            "end-to-end tests run as root and drop to an unprivileged user; run `make test` as root",
+            pytrace=False,
+        )
+    try:
+        pw = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home",
+             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", TEST_USER],
+            check=True,
+        )
+        pw = pwd.getpwnam(TEST_USER)
+    tun = Path("/dev/net/tun")
+    if not tun.exists() or stat.S_IMODE(tun.stat().st_mode) & 0o006 != 0o006:
+        pytest.fail(
+            "/dev/net/tun must exist with mode 0666 as on standard distributions "
+            "(`chmod 0666 /dev/net/tun`; .ci/run does it)",
+            pytrace=False,
+        )
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid)
+
+
+def user_env(runtime_dir: Path | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "HOME": "/nonexistent",
+        "LANG": "C.UTF-8",
+    }
+    if runtime_dir is not None:
+        env["XDG_RUNTIME_DIR"] = str(runtime_dir)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def as_user_argv(user: User, argv: Sequence[str]) -> list[str]:
+    return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--", *argv]
+
+
+def run_as_user(
+    user: User,
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | Path = "/",
+    timeout: float = 60,
+    check: bool = False,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run argv as the unprivileged test user and capture its output."""
+    return subprocess.run(
+        as_user_argv(user, argv),
+        env=env if env is not None else user_env(),
+        cwd=cwd,
+        timeout=timeout,
+        check=check,
+        input=input,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture
+def user_runtime_dir(test_user: User) -> Iterator[Path]:
+    """A fresh XDG_RUNTIME_DIR (0700, owned by the test user)."""
+    path = Path(tempfile.mkdtemp(prefix="wg-wrap-xdg-"))
+    os.chown(path, test_user.uid, test_user.gid)
+    path.chmod(0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def user_tmp(test_user: User) -> Iterator[Path]:
+    """A scratch directory the test user can read and write (configs go here)."""
+    path = Path(tempfile.mkdtemp(prefix="wg-wrap-test-"))
+    os.chown(path, test_user.uid, test_user.gid)
+    path.chmod(0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,5 @@
+import sys
+
+from wg_wrap.cli import main
+
+sys.exit(main())

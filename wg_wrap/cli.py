@@ -1,0 +1,158 @@
+"""Command line: maps arguments to wg_wrap.session and errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from wg_wrap import __version__
+from wg_wrap.errors import UsageError, WgWrapError
+
+PROG = "wg-wrap"
+
+DESCRIPTION = """\
+Run one program behind a WireGuard tunnel, without root.
+
+The program (and its children) sees only the tunnel: its own network
+namespace holds `lo` and `tun0`, and the encrypted traffic leaves through a
+UDP socket opened on the host. With the tunnel down, nothing leaves at all.
+"""
+
+RUN_EXAMPLES = """\
+examples:
+  wg-wrap run -c ~/vpn/wg0.conf -- firefox
+  wg-wrap run -c ~/vpn/wg0.conf -- curl https://example.com
+  wg-wrap run -c ~/vpn/wg0.conf --dns 10.64.0.1 -- bash
+  wg-wrap run -c ~/vpn/wg0.conf              (starts your $SHELL inside)
+"""
+
+
+def _dns_server(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
+def _ip_text(text: str) -> str:
+    return str(_dns_server(text))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, hint=f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="action", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="run a command behind the tunnel of a wg-quick config",
+        description="Run CMD behind the WireGuard tunnel described by FILE. The tunnel "
+        "is torn down when the last program in it exits. wg-wrap exits with CMD's status "
+        "(128+N if CMD was killed by signal N).",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "-c", "--config", required=True, metavar="FILE",
+        help="wg-quick configuration file, e.g. -c ~/vpn/wg0.conf (the one your VPN provider "
+        "gave you); PostUp/PreDown hooks, FwMark and SaveConfig are ignored",
+    )
+    _add_common(run)
+    run.add_argument(
+        "--dns", action="append", type=_dns_server, default=[], metavar="IP",
+        help="DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); "
+        "overrides the config's DNS = servers",
+    )
+    run.add_argument(
+        "--listen-address", type=_ip_text, metavar="IP",
+        help="bind the host UDP socket to one address instead of all, e.g. "
+        "--listen-address 127.0.0.1 for a server only reachable locally",
+    )
+    run.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
+        help="the program to run inside, after `--` (default: your $SHELL)",
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="show wg-wrap working with no VPN account (a local peer on 127.0.0.1)",
+        description="Generate keys, start a second wg-wrap as a WireGuard server on "
+        "127.0.0.1 with a small HTTP service inside its namespace, fetch a page from it "
+        "through the tunnel, show why that proves the path, and clean up.",
+    )
+    _add_common(demo, with_name=False)
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser, with_name: bool = True) -> None:
+    if with_name:
+        p.add_argument(
+            "-n", "--name", metavar="NAME",
+            help="profile name (default: the config file's name without .conf, e.g. wg0); "
+            "commands run with the same name share one tunnel",
+        )
+    p.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="trace each setup step, keep the sidecar's debug log, show tracebacks",
+    )
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        command = [os.environ.get("SHELL") or "/bin/sh"]
+    return command
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.action == "run":
+        from wg_wrap import session
+
+        request = session.Request(
+            config_path=args.config, name=args.name, dns=tuple(args.dns),
+            listen_address=args.listen_address, verbose=args.verbose,
+        )
+        return session.run(request, _command(args))
+    if args.action == "demo":
+        from wg_wrap import demo
+
+        return demo.main(verbose=args.verbose)
+    raise UsageError(f"unknown command {args.action!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    verbose = False
+    try:
+        args = build_parser().parse_args(argv)
+        verbose = bool(getattr(args, "verbose", False))
+        return dispatch(args)
+    except WgWrapError as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: say so briefly, show it with -v
+        if verbose:
+            traceback.print_exc()
+        print(f"{PROG}: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        if not verbose:
+            print(f"{PROG}: hint: run with -v for the traceback", file=sys.stderr)
+        return 1

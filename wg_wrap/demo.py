@@ -1,0 +1,133 @@
+"""``wg-wrap demo``: the whole path on one machine, with no VPN account.
+
+A second wg-wrap acts as the WireGuard server (UDP on 127.0.0.1, an HTTP
+service inside its namespace); the client fetches a page through the tunnel.
+The server answers with the address it saw the request come from: the
+client's tunnel address, which exists nowhere but inside the tunnel.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from wg_wrap import keys
+from wg_wrap.errors import SetupError
+
+SERVER_IP, CLIENT_IP = "10.77.0.1", "10.77.0.2"
+HTTP_PORT = 8080
+READY_TIMEOUT = 20.0
+
+CLIENT_PROGRAM = f"""
+import os, urllib.request
+print("  inside the client, interfaces:", " ".join(sorted(os.listdir("/sys/class/net"))))
+body = urllib.request.urlopen("http://{SERVER_IP}:{HTTP_PORT}/", timeout=10).read().decode()
+print("  fetched through the tunnel:", body.strip())
+"""
+
+
+def say(message: str) -> None:
+    print(f"wg-wrap demo: {message}", flush=True)
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
+    server_key, client_key = keys.generate_private_key(), keys.generate_private_key()
+    server = directory / "demo-server.conf"
+    client = directory / "demo-client.conf"
+    server.write_text(
+        "[Interface]\n"
+        f"PrivateKey = {keys.encode(server_key)}\n"
+        f"Address = {SERVER_IP}/24, fd77::1/64\n"
+        f"ListenPort = {port}\n\n"
+        "[Peer]\n"
+        f"PublicKey = {keys.encode(keys.public_key(client_key))}\n"
+        f"AllowedIPs = {CLIENT_IP}/32, fd77::2/128\n"
+    )
+    client.write_text(
+        "[Interface]\n"
+        f"PrivateKey = {keys.encode(client_key)}\n"
+        f"Address = {CLIENT_IP}/24, fd77::2/64\n\n"
+        "[Peer]\n"
+        f"PublicKey = {keys.encode(keys.public_key(server_key))}\n"
+        f"Endpoint = 127.0.0.1:{port}\n"
+        "AllowedIPs = 0.0.0.0/0, ::/0\n"
+    )
+    for path in (server, client):
+        path.chmod(0o600)
+    return server, client
+
+
+def _wait_ready(server: subprocess.Popen[str]) -> None:
+    assert server.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([server.stdout], [], [], 0.5)
+        if ready:
+            line = server.stdout.readline()
+            if line.strip() == "ready":
+                return
+            if not line:
+                break
+    raise SetupError("the demo server did not start", hint="run `wg-wrap demo -v` to see why")
+
+
+def main(verbose: bool = False) -> int:
+    wg_wrap = [sys.executable, "-m", "wg_wrap"]
+    extra = ["-v"] if verbose else []
+    workdir = Path(tempfile.mkdtemp(prefix="wg-wrap-demo-"))
+    server: subprocess.Popen[str] | None = None
+    try:
+        port = _free_udp_port()
+        server_conf, client_conf = write_configs(workdir, port)
+        say(f"generated keys and two configs in {workdir}")
+        say(f"server: wg-wrap run -c {server_conf.name} --listen-address 127.0.0.1 "
+            f"-- python -m wg_wrap.demo_peer   (WireGuard on 127.0.0.1:{port}, "
+            f"tunnel address {SERVER_IP})")
+        server = subprocess.Popen(
+            [*wg_wrap, "run", *extra, "-c", str(server_conf), "--listen-address", "127.0.0.1",
+             "--", sys.executable, "-m", "wg_wrap.demo_peer", "--http", str(HTTP_PORT)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        _wait_ready(server)
+        say(f"client: wg-wrap run -c {client_conf.name} -- python -c <fetch "
+            f"http://{SERVER_IP}:{HTTP_PORT}/>   (all its traffic goes to the tunnel)")
+        client = subprocess.run(
+            [*wg_wrap, "run", *extra, "-c", str(client_conf), "--",
+             sys.executable, "-c", CLIENT_PROGRAM],
+            stdout=subprocess.PIPE, text=True, timeout=60,
+        )
+        sys.stdout.write(client.stdout)
+        if client.returncode != 0:
+            raise SetupError(f"the client failed (exit status {client.returncode})")
+        if f"sees you as {CLIENT_IP}" not in client.stdout:
+            raise SetupError("the answer did not come through the tunnel")
+        say(f"the server saw the request come from {CLIENT_IP}, the client's tunnel address, "
+            "which exists only inside the tunnel: the page travelled through WireGuard")
+        return 0
+    finally:
+        if server is not None:
+            if server.poll() is None:
+                server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            if server.stdout:
+                server.stdout.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        say("stopped the server and removed the keys: nothing is left running")

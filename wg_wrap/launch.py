@@ -1,0 +1,214 @@
+"""Driving wg-wrap-launcher: start the sidecar in new namespaces, join them.
+
+The launcher is the only code that calls unshare/setns (a multi-threaded
+process cannot join a user namespace; see DESIGN.md).  This module builds its
+command lines, passes it the few fds it must inherit, and waits.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wg_wrap import paths
+from wg_wrap.errors import SetupError
+from wg_wrap.runtime import Profile, process_start_time
+
+READY_TIMEOUT = 10.0
+# Launcher exit statuses (launcher/wg-wrap-launcher.c).
+LAUNCHER_FAILED = 125
+
+
+@dataclass
+class Sidecar:
+    pid: int
+    start_time: int
+    pidfd: int
+    process: subprocess.Popen[bytes] | None = None  # set when we are its parent
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def exited(self, timeout: float = 0.0) -> bool:
+        ready, _, _ = select.select([self.pidfd], [], [], timeout)
+        if ready and self.process is not None:
+            self.process.wait()  # reap: a zombie still shows up in /proc
+        return bool(ready)
+
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if not self.exited(grace):
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.exited(grace)
+
+
+def open_sidecar(pid: int, start_time: int) -> Sidecar | None:
+    """A pidfd for a recorded sidecar, or None if that process is gone.
+
+    The start time is checked *after* opening the pidfd: if it still matches,
+    the pidfd refers to our sidecar and not to a process that reused its pid.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+    if process_start_time(pid) != start_time:
+        os.close(pidfd)
+        return None
+    return Sidecar(pid, start_time, pidfd)
+
+
+def start_sidecar(
+    profile: Profile,
+    host_socket: socket.socket,
+    mount_ops: Sequence[str],
+    *,
+    ifname: str,
+    mtu: int,
+    ephemeral: bool,
+    verbose: bool,
+) -> Sidecar:
+    """Create the namespaces and the sidecar in them; return once it is ready.
+
+    The host socket is handed over and closed here: its O_NONBLOCK flag lives
+    on the shared file description, which from now on is the sidecar's.
+    """
+    sidecar_argv = [
+        str(paths.sidecar()), "--uapi", str(profile.uapi_path),
+        "--ifname", ifname, "--mtu", str(mtu),
+    ]
+    if ephemeral:
+        sidecar_argv += ["--hold", str(profile.hold_path)]
+    if verbose:
+        sidecar_argv.append("-v")
+    argv = [str(paths.launcher()), "create", *mount_ops, "--", *sidecar_argv]
+    ready_r, ready_w = os.pipe()
+    env = dict(os.environ)
+    env["WG_WRAP_HOST_SOCKET_FD"] = str(host_socket.fileno())
+    env["WG_WRAP_READY_FD"] = str(ready_w)
+    log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        process = subprocess.Popen(
+            argv,
+            pass_fds=(host_socket.fileno(), ready_w),
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            env=env,
+            start_new_session=True,  # no terminal signals: Ctrl-C is for the command
+        )
+    except OSError as e:
+        os.close(ready_r)
+        raise SetupError(f"starting {argv[0]}: {e.strerror}") from e
+    finally:
+        os.close(ready_w)
+        os.close(log_fd)
+        host_socket.close()
+    try:
+        _wait_ready(ready_r, process, profile.log_path)
+    finally:
+        os.close(ready_r)
+    start_time = process_start_time(process.pid)
+    if start_time is None:
+        raise SetupError("the sidecar exited right after starting", hint=_log_hint(profile.log_path))
+    return Sidecar(process.pid, start_time, os.pidfd_open(process.pid), process)
+
+
+def _wait_ready(fd: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(left, 0))
+        if not ready:
+            process.kill()
+            process.wait()
+            raise SetupError(
+                f"the sidecar did not become ready within {READY_TIMEOUT:.0f} s",
+                hint=_log_hint(log_path),
+            )
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    line = data.decode(errors="replace").strip()
+    if line == "READY":
+        return
+    process.wait()
+    reason = line.removeprefix("ERROR ").strip() if line else _last_line(log_path)
+    raise SetupError(f"starting the sidecar: {reason or 'it exited'}", hint=_log_hint(log_path))
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _log_hint(path: Path) -> str:
+    return f"details in {path}; run with -v for more"
+
+
+def join_argv(sidecar: Sidecar, command: Sequence[str]) -> list[str]:
+    return [str(paths.launcher()), "join", "--pidfd", str(sidecar.pidfd), "--", *command]
+
+
+RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+           signal.SIGUSR1, signal.SIGUSR2)
+SI_KERNEL = 0x80
+
+
+def run_joined(sidecar: Sidecar, command: Sequence[str]) -> int:
+    """Run command inside the profile; return its exit status (128+N if killed).
+
+    The command stays in our process group, so it owns the terminal like any
+    foreground program.  Signals the terminal sends reach it directly; those
+    sent to us by ``kill`` are relayed.  A terminal signal (si_code SI_KERNEL)
+    is not relayed, or the command would get it twice.
+    """
+    watched = {*RELAYED, signal.SIGCHLD}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    try:
+        try:
+            child = subprocess.Popen(
+                join_argv(sidecar, command),
+                pass_fds=(sidecar.pidfd,),
+                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, old_mask),
+            )
+        except OSError as e:
+            raise SetupError(f"starting the launcher: {e.strerror}") from e
+        while True:
+            status = child.poll()
+            if status is not None:
+                break
+            info = signal.sigtimedwait(watched, 1.0)
+            if info is None or info.si_signo == signal.SIGCHLD:
+                continue
+            if info.si_code != SI_KERNEL:
+                try:
+                    child.send_signal(info.si_signo)
+                except ProcessLookupError:
+                    pass
+    finally:
+        while signal.sigtimedwait(watched, 0) is not None:
+            pass  # already dealt with: don't let them hit us once unblocked
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return 128 - status if status < 0 else status

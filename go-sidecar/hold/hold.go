@@ -1,0 +1,149 @@
+// Package hold decides when an ephemeral wg-wrap profile is no longer used.
+//
+// Every wrapper attached to the profile holds a shared flock on the profile's
+// hold file for as long as it runs; the kernel drops the lock when the wrapper
+// exits, however it exits. The sidecar polls for an exclusive lock: getting
+// it means no wrapper is left. Wrapped programs may outlive their wrapper
+// (daemons, double forks), so before giving up the sidecar also looks for any
+// other process still inside its network namespace.
+package hold
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Hold is the sidecar's side of a profile's hold file.
+type Hold struct {
+	file *os.File
+	// othersInside reports whether any process other than the sidecar is
+	// in its network namespace; replaced in tests.
+	othersInside func() (bool, error)
+}
+
+// Open opens the hold file at path, which must exist. The sidecar's own
+// network namespace is read now, so later scans compare against it.
+func Open(path string) (*Hold, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	netns, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reading own network namespace: %w", err)
+	}
+	self := os.Getpid()
+	return &Hold{
+		file:         f,
+		othersInside: func() (bool, error) { return OthersInNetns("/proc", self, netns) },
+	}, nil
+}
+
+// Close closes the hold file, dropping the lock if held.
+func (h *Hold) Close() error { return h.file.Close() }
+
+// Unused reports whether the profile is unused: no wrapper holds the file
+// and no other process is in the namespace. When it returns true the
+// exclusive lock stays held, so that a wrapper arriving now blocks on its
+// shared lock until the sidecar has exited rather than joining a namespace
+// that is being torn down.
+func (h *Hold) Unused() (bool, error) {
+	fd := int(h.file.Fd())
+	if err := flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return false, nil
+		}
+		return false, fmt.Errorf("locking hold file: %w", err)
+	}
+	others, err := h.othersInside()
+	if err != nil || others {
+		if uerr := flock(fd, unix.LOCK_UN); uerr != nil && err == nil {
+			err = fmt.Errorf("unlocking hold file: %w", uerr)
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// Watch checks Unused every interval until it is true (then it closes the
+// returned channel) or stop is closed. Errors are passed to logf and the
+// check is retried at the next tick.
+func (h *Hold) Watch(interval time.Duration, stop <-chan struct{}, logf func(string, ...any)) <-chan struct{} {
+	unused := make(chan struct{})
+	go func() {
+		ticker := time.NewTicker(interval)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ticker.C:
+			}
+			done, err := h.Unused()
+			if err != nil {
+				logf("hold: %v", err)
+			}
+			if done {
+				close(unused)
+				return
+			}
+		}
+	}()
+	return unused
+}
+
+func flock(fd, how int) error {
+	for range 100 { // EINTR is transient; bounded all the same
+		err := unix.Flock(fd, how)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+	return unix.EINTR
+}
+
+// OthersInNetns reports whether any process under procRoot other than self
+// has the network namespace netns (as read from /proc/PID/ns/net, e.g.
+// "net:[4026532291]"). Processes that vanish or whose namespace link cannot
+// be read (other users' processes) are skipped.
+func OthersInNetns(procRoot string, self int, netns string) (bool, error) {
+	entries, err := os.ReadDir(procRoot)
+	if err != nil {
+		return false, fmt.Errorf("listing processes: %w", err)
+	}
+	for _, e := range entries {
+		pid, ok := parsePID(e.Name())
+		if !ok || pid == self {
+			continue
+		}
+		link, err := os.Readlink(filepath.Join(procRoot, e.Name(), "ns", "net"))
+		if err != nil {
+			continue
+		}
+		if link == netns {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// parsePID accepts the names of /proc's process directories: all digits.
+func parsePID(name string) (int, bool) {
+	if name == "" || len(name) > 10 {
+		return 0, false
+	}
+	pid := 0
+	for _, c := range name {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		pid = pid*10 + int(c-'0')
+	}
+	return pid, true
+}

@@ -461,8 +461,8 @@ class _Parser:
 
     def key_hint(self, folded: str, other: dict[str, _Handler]) -> str | None:
         if folded in other:
-            where = "[Peer]" if self.section == "interface" else "[Interface]"
-            return f"'{_CANONICAL[folded]}' belongs in a {where} section"
+            where = "a [Peer]" if self.section == "interface" else "the [Interface]"
+            return f"'{_CANONICAL[folded]}' belongs in {where} section"
         known = _INTERFACE_KEYS if self.section == "interface" else _PEER_KEYS
         close = difflib.get_close_matches(folded, list(known), n=1, cutoff=0.7)
         if close:

@@ -878,38 +878,27 @@ def test_property_arbitrary_text_raises_nothing_but_config_error(text: str) -> N
     parses_or_config_error(text)
 
 
-@given(
-    st.lists(
-        st.sampled_from(
-            [
-                "[Interface]",
-                "[Peer]",
-                f"PrivateKey = {PRIV}",
-                f"PublicKey = {PUB}",
-                "Address = ",
-                "DNS = ",
-                "AllowedIPs = ",
-                "Endpoint = ",
-                "MTU = ",
-                "ListenPort = ",
-                "FwMark = ",
-                "Table = ",
-                "PersistentKeepalive = ",
-                "PresharedKey = ",
-                "SaveConfig = ",
-                "PostUp = ",
-                "#",
-            ]
-        ),
-        max_size=12,
-    ).flatmap(
-        lambda starts: st.tuples(*(st.text(max_size=40).map(lambda v, s=s: s + v) for s in starts))
-    )
-)
-def test_property_plausible_lines_with_arbitrary_values_raise_only_config_error(
-    lines: tuple[str, ...],
-) -> None:
-    parses_or_config_error("\n".join(lines))
+LINE_STARTS = [
+    "[Interface]",
+    "[Peer]",
+    f"PrivateKey = {PRIV}",
+    f"PublicKey = {PUB}",
+    *(f"{name} = " for name in ("Address", "DNS", "AllowedIPs", "Endpoint", "MTU", "ListenPort")),
+    *(f"{name} = " for name in ("FwMark", "Table", "PersistentKeepalive", "PresharedKey")),
+    *(f"{name} = " for name in ("SaveConfig", "PostUp")),
+    "#",
+]
+
+
+@st.composite
+def plausible_texts(draw: st.DrawFn) -> str:
+    starts = draw(st.lists(st.sampled_from(LINE_STARTS), max_size=12))
+    return "\n".join(start + draw(st.text(max_size=40)) for start in starts)
+
+
+@given(plausible_texts())
+def test_property_plausible_lines_with_arbitrary_values_raise_only_config_error(text: str) -> None:
+    parses_or_config_error(text)
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])

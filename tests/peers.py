@@ -1,0 +1,272 @@
+"""Real WireGuard peers for end-to-end tests, all on loopback.
+
+- ``WgWrapServer``: a second wg-wrap acting as the server (``ListenPort`` on
+  127.0.0.1), with ``wg_wrap.demo_peer`` (HTTP, UDP echo, DNS) in its
+  namespace; started as the unprivileged test user, fully rootless.
+- ``StockServer``: Debian's ``wireguard-go`` configured with ``wg``: an
+  independent implementation.  As root: it creates its TUN on the host, the
+  TUN is moved into a network namespace made by the test, its UDP socket
+  stays on the host's loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wg_wrap import keys
+
+READY_TIMEOUT = 30.0
+HTTP_PORT = 8080
+UDP_PORT = 7777
+DNS_NAME = "peer.wg-wrap.test"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Net:
+    """Addresses of one test tunnel."""
+
+    v4: str  # e.g. "10.77.0"
+    v6: str  # e.g. "fd77::"
+
+    @property
+    def server4(self) -> str:
+        return f"{self.v4}.1"
+
+    @property
+    def client4(self) -> str:
+        return f"{self.v4}.2"
+
+    @property
+    def server6(self) -> str:
+        return f"{self.v6}1"
+
+    @property
+    def client6(self) -> str:
+        return f"{self.v6}2"
+
+
+@dataclass
+class Keys:
+    server: bytes = field(default_factory=keys.generate_private_key)
+    client: bytes = field(default_factory=keys.generate_private_key)
+
+    def text(self, key: bytes) -> str:
+        return keys.encode(key)
+
+    def pub(self, key: bytes) -> str:
+        return keys.encode(keys.public_key(key))
+
+
+def client_config(k: Keys, net: Net, port: int, *, dns: bool = True, extra: str = "",
+                  allowed: str = "0.0.0.0/0, ::/0") -> str:
+    return (
+        "[Interface]\n"
+        f"PrivateKey = {k.text(k.client)}\n"
+        f"Address = {net.client4}/24, {net.client6}/64\n"
+        + (f"DNS = {net.server4}, wg-wrap.test\n" if dns else "")
+        + extra
+        + "\n[Peer]\n"
+        f"PublicKey = {k.pub(k.server)}\n"
+        f"Endpoint = 127.0.0.1:{port}\n"
+        f"AllowedIPs = {allowed}\n"
+    )
+
+
+def peer_services_argv(python: str, net: Net) -> list[str]:
+    return [
+        python, "-m", "wg_wrap.demo_peer", "--http", str(HTTP_PORT), "--udp", str(UDP_PORT),
+        "--dns", f"{DNS_NAME}={net.server4}", "--dns", f"{DNS_NAME}={net.server6}",
+    ]
+
+
+class LineLog:
+    """Lines a peer's services print, collected by a thread."""
+
+    def __init__(self, stream: object) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, predicate: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if any(predicate in line for line in self.drain()):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                self.seen.append(self.lines.get(timeout=min(left, 0.5)))
+            except queue.Empty:
+                pass
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.seen.append(self.lines.get_nowait())
+            except queue.Empty:
+                return self.seen
+
+
+class Server:
+    name: str
+    net: Net
+    keys: Keys
+    port: int
+    log: LineLog
+
+    def client_config(self, **kw: object) -> str:
+        return client_config(self.keys, self.net, self.port, **kw)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class WgWrapServer(Server):
+    name = "wg-wrap"
+
+    def __init__(self, stage: object, user: object, workdir: Path, runtime_dir: Path,
+                 net: Net) -> None:
+        from conftest import as_user_argv, user_env
+
+        self.net, self.keys, self.port = net, Keys(), free_udp_port()
+        conf = workdir / "server.conf"
+        conf.write_text(
+            "[Interface]\n"
+            f"PrivateKey = {self.keys.text(self.keys.server)}\n"
+            f"Address = {net.server4}/24, {net.server6}/64\n"
+            f"ListenPort = {self.port}\n\n"
+            "[Peer]\n"
+            f"PublicKey = {self.keys.pub(self.keys.client)}\n"
+            f"AllowedIPs = {net.client4}/32, {net.client6}/128\n"
+        )
+        os.chown(conf, user.uid, user.gid)  # type: ignore[attr-defined]
+        conf.chmod(0o600)
+        python = str(stage.python)  # type: ignore[attr-defined]
+        argv = stage.wg_wrap(  # type: ignore[attr-defined]
+            "run", "-n", "test-server", "-c", str(conf), "--listen-address", "127.0.0.1", "--",
+            *peer_services_argv(python, net),
+        )
+        self.process = subprocess.Popen(
+            as_user_argv(user, argv), env=user_env(runtime_dir), cwd="/",  # type: ignore[arg-type]
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.log = LineLog(self.process.stdout)
+        if not self.log.wait_for("ready", READY_TIMEOUT):
+            self.stop()
+            raise RuntimeError(f"wg-wrap server did not start: {self.process.stderr.read()}")  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream:
+                stream.close()
+
+
+class StockServer(Server):
+    """Debian's wireguard-go, configured by ``wg``, TUN moved into a test netns."""
+
+    name = "wireguard-go"
+
+    def __init__(self, stage: object, net: Net) -> None:
+        for tool in ("wireguard-go", "wg", "ip"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(
+                    f"{tool} is missing: install Debian's wireguard-go and wireguard-tools "
+                    "(.ci/run does)"
+                )
+        self.net, self.keys, self.port = net, Keys(), free_udp_port()
+        suffix = secrets.token_hex(3)
+        self.ifname, self.netns = f"wgt{suffix}", f"wgwrap-t{suffix}"
+        self._tmp = Path(tempfile.mkdtemp(prefix="wg-wrap-stock-"))
+        self._services: subprocess.Popen[str] | None = None
+        env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")
+        self.daemon = subprocess.Popen(["wireguard-go", "-f", self.ifname], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._setup(stage)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ip(self, *args: str, netns: bool = False) -> None:
+        prefix = ["ip", "netns", "exec", self.netns] if netns else []
+        subprocess.run([*prefix, "ip", *args], check=True, timeout=10)
+
+    def _setup(self, stage: object) -> None:
+        sock = Path(f"/var/run/wireguard/{self.ifname}.sock")
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if time.monotonic() > deadline or self.daemon.poll() is not None:
+                raise RuntimeError("wireguard-go did not start")
+            time.sleep(0.05)
+        keyfile = self._tmp / "key"
+        keyfile.write_text(self.keys.text(self.keys.server) + "\n")
+        keyfile.chmod(0o600)
+        subprocess.run(
+            ["wg", "set", self.ifname, "private-key", str(keyfile), "listen-port", str(self.port),
+             "peer", self.keys.pub(self.keys.client),
+             "allowed-ips", f"{self.net.client4}/32,{self.net.client6}/128"],
+            check=True, timeout=10,
+        )
+        subprocess.run(["ip", "netns", "add", self.netns], check=True, timeout=10)
+        # Up on the host first: wireguard-go starts its device on the netlink
+        # event it sees there; the move keeps the device running.
+        self._ip("link", "set", self.ifname, "up")
+        self._ip("link", "set", self.ifname, "netns", self.netns)
+        self._ip("link", "set", "lo", "up", netns=True)
+        self._ip("address", "add", f"{self.net.server4}/24", "dev", self.ifname, netns=True)
+        self._ip("address", "add", f"{self.net.server6}/64", "dev", self.ifname, "nodad",
+                 netns=True)
+        self._ip("link", "set", self.ifname, "up", netns=True)
+        python = str(stage.python)  # type: ignore[attr-defined]
+        self._services = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, *peer_services_argv(python, self.net)],
+            stdout=subprocess.PIPE, text=True, cwd="/",
+        )
+        self.log = LineLog(self._services.stdout)
+        if not self.log.wait_for("ready", READY_TIMEOUT):
+            raise RuntimeError("peer services did not start in the test namespace")
+
+    def stop(self) -> None:
+        for proc in (self._services, self.daemon):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if self._services is not None and self._services.stdout:
+            self._services.stdout.close()
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, timeout=10)
+        subprocess.run(["ip", "link", "del", self.ifname], capture_output=True, timeout=10)
+        shutil.rmtree(self._tmp, ignore_errors=True)

@@ -1,0 +1,127 @@
+"""The command line: bad input gets one clear line, a non-zero exit, and
+leaves nothing running or on disk.  Run as the unprivileged user."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import Stage, User, run_as_user, user_env
+
+from wg_wrap import cli
+
+BAD = sorted((Path(__file__).parent / "configs" / "bad").glob("*.conf"))
+
+
+def _expectation(path: Path) -> tuple[str, str]:
+    m = re.match(r"# expect: (\S+): (.*)", path.read_text(errors="replace").splitlines()[0])
+    assert m, f"{path.name} lacks its '# expect: LINE: message' first line"
+    return m.group(1), m.group(2)
+
+
+def _copy_for_user(src: Path, user_tmp: Path, user: User) -> Path:
+    dst = user_tmp / src.name
+    dst.write_bytes(src.read_bytes())
+    os.chown(dst, user.uid, user.gid)
+    dst.chmod(0o600)
+    return dst
+
+
+@pytest.mark.e2e
+def test_every_malformed_config_fails_with_file_line_and_starts_nothing(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    assert len(BAD) >= 25
+    failures = []
+    for src in BAD:
+        line, message = _expectation(src)
+        conf = _copy_for_user(src, user_tmp, test_user)
+        result = run_as_user(
+            test_user, stage.wg_wrap("run", "-c", str(conf), "--", "true"),
+            env=user_env(user_runtime_dir),
+        )
+        where = str(conf) if line == "-" else f"{conf}:{line}"
+        first = result.stderr.splitlines()[0] if result.stderr else ""
+        if (
+            result.returncode != 1
+            or not first.startswith(f"wg-wrap: error: {where}: ")
+            or message not in first
+            or "Traceback" in result.stderr
+        ):
+            failures.append(f"{src.name}: exit {result.returncode}: {result.stderr!r}")
+    assert not failures, "\n".join(failures)
+    # Nothing started, nothing on disk.
+    state = user_runtime_dir / "wg-wrap"
+    assert not state.exists() or list(state.iterdir()) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x00\x01binary\xff" * 100, "not a text file"),
+        (b"[Interface]\n" + b"# padding\n" * 200_000, "too large"),
+    ],
+    ids=["binary", "huge"],
+)
+def test_binary_and_huge_files_are_refused(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path,
+    content: bytes, message: str,
+) -> None:
+    conf = user_tmp / "odd.conf"
+    conf.write_bytes(content)
+    os.chown(conf, test_user.uid, test_user.gid)
+    result = run_as_user(test_user, stage.wg_wrap("run", "-c", str(conf), "--", "true"),
+                         env=user_env(user_runtime_dir))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"wg-wrap: error: {conf}") and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_unresolvable_endpoint_names_the_peer_line(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    conf = user_tmp / "wg0.conf"
+    conf.write_text(
+        "[Interface]\nPrivateKey = AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
+        "Address = 10.9.0.2/32\n\n[Peer]\n"
+        "PublicKey = AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
+        "Endpoint = no-such-host.invalid:51820\nAllowedIPs = 0.0.0.0/0\n"
+    )
+    os.chown(conf, test_user.uid, test_user.gid)
+    conf.chmod(0o600)
+    result = run_as_user(test_user, stage.wg_wrap("run", "-c", str(conf), "--", "true"),
+                         env=user_env(user_runtime_dir))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"wg-wrap: error: {conf}:5: cannot resolve endpoint")
+    assert "Traceback" not in result.stderr
+    state = user_runtime_dir / "wg-wrap"
+    assert not state.exists() or list(state.iterdir()) == []
+
+
+def test_missing_config_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["run", "-c", "/nonexistent/wg0.conf", "--", "true"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("wg-wrap: error: /nonexistent/wg0.conf: ")
+    assert "Traceback" not in err
+
+
+def test_usage_errors_exit_2_with_a_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wg-wrap: error: ") and "-c/--config" in err
+    assert "hint: see `wg-wrap run --help`" in err
+
+
+def test_help_explains_options_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("-c FILE", "-n NAME", "--dns IP", "-v", "e.g."):
+        assert option in out
+    assert "wg-wrap run -c ~/vpn/wg0.conf -- firefox" in out

@@ -1,0 +1,46 @@
+"""DNS planning: the generated resolv.conf and where it is mounted, for each
+host layout (plain file; symlink into systemd-resolved's directory)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from wg_wrap import dns
+
+GEN = "/run/user/1000/wg-wrap/wg0/resolv.conf"
+
+
+def test_resolv_conf_lists_servers_and_search_domains() -> None:
+    text = dns.render_resolv_conf(
+        [ipaddress.ip_address("10.64.0.1"), ipaddress.ip_address("fd00::1")], ["corp.example"]
+    )
+    assert "nameserver 10.64.0.1\nnameserver fd00::1\nsearch corp.example\n" in text
+
+
+def test_plain_file_layout_binds_over_etc_resolv_conf() -> None:
+    layout = dns.HostLayout(resolv_target="/etc/resolv.conf", existing_dirs=())
+    assert dns.mount_ops(GEN, layout) == ["--bind", f"{GEN}:/etc/resolv.conf"]
+
+
+def test_plain_file_layout_still_hides_resolver_daemons() -> None:
+    layout = dns.HostLayout("/etc/resolv.conf", ("/run/systemd/resolve", "/run/nscd"))
+    ops = dns.mount_ops(GEN, layout)
+    assert ops[:2] == ["--tmpfs", "/run/systemd/resolve"]
+    assert ["--tmpfs", "/run/nscd"] == ops[ops.index("/run/nscd") - 1 : ops.index("/run/nscd") + 1]
+    assert ops[-2:] == ["--bind", f"{GEN}:/etc/resolv.conf"]
+
+
+def test_systemd_resolved_symlink_layout_puts_the_file_back_inside_the_tmpfs() -> None:
+    layout = dns.HostLayout("/run/systemd/resolve/stub-resolv.conf", ("/run/systemd/resolve",))
+    ops = dns.mount_ops(GEN, layout)
+    assert ops == [
+        "--tmpfs", "/run/systemd/resolve",
+        "--file", f"{GEN}:/run/systemd/resolve/stub-resolv.conf",
+        "--file", f"{GEN}:/run/systemd/resolve/resolv.conf",
+    ]
+    assert "--bind" not in ops  # the symlink now leads to the generated file
+
+
+def test_loopback_nameservers_are_found() -> None:
+    text = "nameserver 127.0.0.53\nnameserver 192.0.2.1\nnameserver ::1\n# nameserver 127.0.0.1\n"
+    assert dns.loopback_nameservers(text) == ["127.0.0.53", "::1"]

@@ -1,0 +1,315 @@
+"""End to end: `wg-wrap run` as an unprivileged user against real peers.
+
+Each test starts real namespaces, a real TUN device and the real sidecar, and
+talks to a real WireGuard peer on loopback: a second wg-wrap acting as the
+server, and Debian's stock wireguard-go configured by `wg`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Stage, User, run_as_user, user_env
+from peers import (
+    DNS_NAME,
+    HTTP_PORT,
+    UDP_PORT,
+    Keys,
+    Net,
+    Server,
+    StockServer,
+    WgWrapServer,
+    client_config,
+    free_udp_port,
+)
+
+pytestmark = pytest.mark.e2e
+
+_nets = itertools.count(70)
+
+
+def _net() -> Net:
+    n = next(_nets)
+    return Net(v4=f"10.{n}.0", v6=f"fd{n}::")
+
+
+@pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
+def server(
+    request: pytest.FixtureRequest, stage: Stage, test_user: User, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    import shutil
+    import tempfile
+
+    if request.param == "wg-wrap":
+        workdir = Path(tempfile.mkdtemp(prefix="wg-wrap-srv-"))
+        runtime = Path(tempfile.mkdtemp(prefix="wg-wrap-srvrt-"))
+        for d in (workdir, runtime):
+            os.chown(d, test_user.uid, test_user.gid)
+            d.chmod(0o700)
+        srv: Server = WgWrapServer(stage, test_user, workdir, runtime, _net())
+        try:
+            yield srv
+        finally:
+            srv.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(runtime, ignore_errors=True)
+    else:
+        srv = StockServer(stage, _net())
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
+def write_conf(user_tmp: Path, user: User, text: str, name: str = "client.conf") -> Path:
+    path = user_tmp / name
+    path.write_text(text)
+    os.chown(path, user.uid, user.gid)
+    path.chmod(0o600)
+    return path
+
+
+def wg_wrap_run(
+    stage: Stage, user: User, runtime: Path, conf: Path, *command: str, timeout: float = 60,
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    argv = stage.wg_wrap("run", *extra, "-c", str(conf), "--", *command)
+    return run_as_user(user, argv, env=user_env(runtime), timeout=timeout)
+
+
+def _python(stage: Stage, code: str) -> tuple[str, ...]:
+    return (str(stage.python), "-c", code)
+
+
+def test_http_over_ipv4_and_ipv6_through_the_tunnel(
+    server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    conf = write_conf(user_tmp, test_user, server.client_config())
+    net = server.net
+    script = (
+        "curl -sS --max-time 10 http://{0}:{2}/ && curl -sS --max-time 10 http://[{1}]:{2}/"
+    ).format(net.server4, net.server6, HTTP_PORT)
+    result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert f"the peer sees you as {net.client4}\n" in result.stdout
+    assert f"the peer sees you as {net.client6}\n" in result.stdout
+    assert server.log.wait_for(f"http {net.client4} /", 5)
+    assert server.log.wait_for(f"http {net.client6} /", 5)
+
+
+def test_dns_from_config_resolves_through_the_tunnel(
+    server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    conf = write_conf(user_tmp, test_user, server.client_config(dns=True))
+    result = wg_wrap_run(
+        stage, test_user, user_runtime_dir, conf, "sh", "-c",
+        f"cat /etc/resolv.conf; getent ahostsv4 {DNS_NAME}; getent ahostsv6 {DNS_NAME}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"nameserver {server.net.server4}" in result.stdout
+    assert "search wg-wrap.test" in result.stdout
+    assert server.net.server4 in result.stdout.split("search", 1)[1]
+    assert server.net.server6 in result.stdout.split("search", 1)[1]
+    # The query reached the peer's DNS server from the client's tunnel address.
+    assert server.log.wait_for(f"dns {server.net.client4}", 5)
+
+
+def test_udp_round_trip(
+    server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    conf = write_conf(user_tmp, test_user, server.client_config())
+    code = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\n"
+        f"s.sendto(b'ping-through-wg', ('{server.net.server4}', {UDP_PORT}))\n"
+        "print(s.recvfrom(100)[0].decode())\n"
+    )
+    result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, *_python(stage, code))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ping-through-wg"
+    assert server.log.wait_for(f"udp {server.net.client4} 15", 5)
+
+
+@pytest.fixture
+def wgwrap_server(stage: Stage, test_user: User) -> Iterator[Server]:
+    import shutil
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="wg-wrap-srv-"))
+    runtime = Path(tempfile.mkdtemp(prefix="wg-wrap-srvrt-"))
+    for d in (workdir, runtime):
+        os.chown(d, test_user.uid, test_user.gid)
+        d.chmod(0o700)
+    srv = WgWrapServer(stage, test_user, workdir, runtime, _net())
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_inside_only_lo_and_the_tunnel_exist(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    # No peer needed: the namespace's shape does not depend on the handshake.
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+    result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "ip", "-br", "link")
+    assert result.returncode == 0, result.stderr
+    names = sorted(line.split()[0].split("@")[0] for line in result.stdout.splitlines())
+    assert names == ["lo", "tun0"]
+
+
+def test_exit_status_and_signals_pass_through(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+    assert wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", "exit 7").returncode == 7
+    killed = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", "kill -TERM $$")
+    assert killed.returncode == 128 + 15
+    missing = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "no-such-program-here")
+    assert missing.returncode == 127
+    assert "no-such-program-here" in missing.stderr
+
+
+def test_runs_with_the_callers_identity_and_no_capabilities(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+    result = wg_wrap_run(
+        stage, test_user, user_runtime_dir, conf, "sh", "-c",
+        "id -u; id -g; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] == str(test_user.uid) and lines[1] == str(test_user.gid)
+    caps = dict(line.split(":\t") for line in lines[2:] if line)
+    assert caps and all(int(v, 16) == 0 for v in caps.values()), caps
+
+
+def _sidecars_of(user: User) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != user.uid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"wg-wrap-sidecar" in f.read().split(b"\0")[0]:
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
+    wgwrap_server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    conf = write_conf(user_tmp, test_user, wgwrap_server.client_config())
+    secrets = [wgwrap_server.keys.text(wgwrap_server.keys.client).encode(),
+               wgwrap_server.keys.text(wgwrap_server.keys.server).encode(),
+               wgwrap_server.keys.client.hex().encode(), wgwrap_server.keys.server.hex().encode()]
+    before = set(_sidecars_of(test_user))
+    argv = stage.wg_wrap("run", "-c", str(conf), "--", "sh", "-c", "echo started; sleep 3")
+    from conftest import as_user_argv
+
+    proc = subprocess.Popen(as_user_argv(test_user, argv), env=user_env(user_runtime_dir),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "started"
+        leaks = []
+        checked = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            for what in ("cmdline", "environ"):
+                try:
+                    with open(f"/proc/{entry}/{what}", "rb") as f:
+                        data = f.read()
+                except OSError:
+                    continue
+                checked += 1
+                if any(s in data for s in secrets):
+                    leaks.append(f"/proc/{entry}/{what}")
+        assert checked > 10
+        assert not leaks
+        # Nor in any file wg-wrap wrote.
+        for path in (user_runtime_dir / "wg-wrap").rglob("*"):
+            if path.is_file():
+                assert not any(s in path.read_bytes() for s in secrets), path
+        assert set(_sidecars_of(test_user)) - before, "the sidecar should be running now"
+    finally:
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    deadline = time.monotonic() + 3
+    while set(_sidecars_of(test_user)) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(_sidecars_of(test_user)) - before, "sidecar left running"
+    assert list((user_runtime_dir / "wg-wrap").iterdir()) == [], "runtime state left behind"
+
+
+def test_tunnel_down_means_no_traffic_and_nothing_in_clear(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    """With no peer answering, connections fail; only encrypted handshakes leave."""
+    catcher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    catcher.bind(("127.0.0.1", 0))
+    catcher.settimeout(0.2)
+    port = catcher.getsockname()[1]
+    # A host service on loopback: the wrapped program must not reach it either.
+    host_tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    host_tcp.bind(("127.0.0.1", 0))
+    host_tcp.listen(5)
+    host_tcp.settimeout(0.2)
+    net = _net()
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), net, port, dns=False))
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def catch() -> None:
+        while not stop.is_set():
+            try:
+                received.append(catcher.recv(65535))
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=catch)
+    thread.start()
+    try:
+        marker = "PLAINTEXT-MARKER-should-never-leave"
+        code = (
+            "import socket, sys\n"
+            "ok = 0\n"
+            f"for dst in [('{net.v4}.1', 80), ('127.0.0.1', {host_tcp.getsockname()[1]})]:\n"
+            "    try:\n"
+            "        c = socket.create_connection(dst, timeout=3)\n"
+            f"        c.sendall(b'{marker}'); ok += 1\n"
+            "    except OSError as e:\n"
+            "        print('failed', dst, e)\n"
+            f"u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'{marker}', ('{net.v4}.1', 53))\n"
+            "sys.exit(ok)\n"
+        )
+        result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, *_python(stage, code))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("failed") == 2
+        with pytest.raises(TimeoutError):
+            host_tcp.accept()
+    finally:
+        stop.set()
+        thread.join()
+        catcher.close()
+        host_tcp.close()
+    assert received, "the client should have tried a handshake with its endpoint"
+    for packet in received:
+        assert packet[:4] == b"\x01\x00\x00\x00" and len(packet) == 148, packet[:16]
+        assert marker.encode() not in packet

@@ -8,9 +8,13 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from wg_wrap import __version__
 from wg_wrap.errors import UsageError, WgWrapError
+
+if TYPE_CHECKING:
+    from wg_wrap import session
 
 PROG = "wg-wrap"
 
@@ -70,20 +74,64 @@ def build_parser() -> argparse.ArgumentParser:
         "gave you); PostUp/PreDown hooks, FwMark and SaveConfig are ignored",
     )
     _add_common(run)
-    run.add_argument(
-        "--dns", action="append", type=_dns_server, default=[], metavar="IP",
-        help="DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); "
-        "overrides the config's DNS = servers",
-    )
-    run.add_argument(
-        "--listen-address", type=_ip_text, metavar="IP",
-        help="bind the host UDP socket to one address instead of all, e.g. "
-        "--listen-address 127.0.0.1 for a server only reachable locally",
-    )
+    _add_network(run)
     run.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
         help="the program to run inside, after `--` (default: your $SHELL)",
     )
+
+    up = sub.add_parser(
+        "up",
+        help="start a persistent tunnel that later commands join (`exec`, `run`)",
+        description="Start the tunnel of FILE as profile NAME and keep it until `wg-wrap down "
+        "NAME`, even with nothing attached. Waits for the first handshake, then prints NAME.",
+        epilog="examples:\n  wg-wrap up -c ~/vpn/wg0.conf\n  wg-wrap exec wg0 -- firefox\n"
+        "  wg-wrap down wg0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    up.add_argument("-c", "--config", required=True, metavar="FILE",
+                    help="wg-quick configuration file, e.g. -c ~/vpn/wg0.conf")
+    _add_common(up)
+    _add_network(up)
+    up.add_argument("--no-wait", action="store_true",
+                    help="return at once instead of waiting for the first handshake")
+    up.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
+                    help="how long to wait for the first handshake (default: 15)")
+
+    exec_ = sub.add_parser(
+        "exec",
+        help="run a command in a running profile",
+        description="Run CMD inside the running profile NAME (see `up`). wg-wrap exits with "
+        "CMD's status (128+N if CMD was killed by signal N).",
+        epilog="example:\n  wg-wrap exec wg0 -- curl https://example.com",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exec_.add_argument("name", metavar="NAME", help="profile name, e.g. wg0 (see `wg-wrap ls`)")
+    exec_.add_argument("-v", "--verbose", action="store_true", help="trace each step")
+    exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
+                       help="the program to run inside, after `--` (default: your $SHELL)")
+
+    down = sub.add_parser(
+        "down", help="stop a profile",
+        description="Stop profile NAME. Refuses while programs are attached, unless --force: "
+        "then they keep running, without any network.",
+    )
+    down.add_argument("name", metavar="NAME", help="profile name, e.g. wg0")
+    down.add_argument("-f", "--force", action="store_true",
+                      help="stop even with programs attached (they lose the network)")
+    down.add_argument("-v", "--verbose", action="store_true", help="trace each step")
+
+    ls = sub.add_parser("ls", help="list profiles, one line each",
+                        description="One line per profile: name, mode, sidecar pid, attached "
+                        "processes, endpoint, last handshake, bytes received and sent.")
+    ls.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+
+    status = sub.add_parser("status", help="show a profile in full, like `wg show`",
+                            description="Addresses, DNS, MTU, keys, peers with handshakes and "
+                            "transfer, and the attached processes.")
+    status.add_argument("name", nargs="?", metavar="NAME", help="profile name (default: all)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
 
     demo = sub.add_parser(
         "demo",
@@ -109,6 +157,19 @@ def _add_common(p: argparse.ArgumentParser, with_name: bool = True) -> None:
     )
 
 
+def _add_network(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dns", action="append", type=_dns_server, default=[], metavar="IP",
+        help="DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); "
+        "overrides the config's DNS = servers",
+    )
+    p.add_argument(
+        "--listen-address", type=_ip_text, metavar="IP",
+        help="bind the host UDP socket to one address instead of all, e.g. "
+        "--listen-address 127.0.0.1 for a server only reachable locally",
+    )
+
+
 def _command(args: argparse.Namespace) -> list[str]:
     command = list(args.command)
     if command and command[0] == "--":
@@ -118,15 +179,51 @@ def _command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    if args.action == "run":
-        from wg_wrap import session
+def _request(args: argparse.Namespace) -> session.Request:
+    from wg_wrap import session
 
-        request = session.Request(
-            config_path=args.config, name=args.name, dns=tuple(args.dns),
-            listen_address=args.listen_address, verbose=args.verbose,
-        )
-        return session.run(request, _command(args))
+    return session.Request(
+        config_path=args.config, name=args.name, dns=tuple(args.dns),
+        listen_address=args.listen_address, verbose=args.verbose,
+    )
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.action == "exec":
+        from wg_wrap import join
+
+        return join.exec_in(args.name, _command(args), args.verbose)
+    if args.action in ("ls", "status"):
+        from wg_wrap import runtime, status
+
+        if args.action == "ls":
+            print(status.format_ls(status.all_profiles()))
+            return 0
+        if args.name:
+            base = runtime.base_dir(create=False)
+            profile = runtime.Profile.at(base, args.name)
+            if not profile.dir.is_dir():
+                from wg_wrap.join import not_running
+
+                raise not_running(args.name)
+            found = [status.collect(profile)]
+        else:
+            found = status.all_profiles()
+        if args.json:
+            print(status.format_json(found))
+        else:
+            print("\n\n".join(status.format_status(st) for st in found) or "no profiles")
+        return 0
+    from wg_wrap import session
+
+    if args.action == "run":
+        return session.run(_request(args), _command(args))
+    if args.action == "up":
+        print(session.up(_request(args), wait=not args.no_wait, timeout=args.timeout))
+        return 0
+    if args.action == "down":
+        print(session.down(args.name, force=args.force, verbose=args.verbose))
+        return 0
     if args.action == "demo":
         from wg_wrap import demo
 

@@ -113,6 +113,8 @@ class State:
     dns: list[str] = field(default_factory=list)
     mtu: int = 1420
     endpoints: list[str] = field(default_factory=list)
+    public_key: str = ""
+    listen_port: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -205,3 +207,35 @@ def list_profiles(base: Path) -> list[Profile]:
     except FileNotFoundError:
         return []
     return [Profile(n, base / n) for n in names if _NAME_RE.fullmatch(n) and (base / n).is_dir()]
+
+
+def _net_namespace(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+def namespace_members(sidecar_pid: int) -> list[int]:
+    """Processes attached to a profile: those in its network namespace.
+
+    The kernel is the record: a process is attached exactly as long as it
+    lives in the namespace, however it got there (a wrapped program's
+    children, a daemon that double-forked) and however its wrapper ended.
+    """
+    own = _net_namespace(sidecar_pid)
+    if own is None:
+        return []
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != sidecar_pid and _net_namespace(entry) == own:
+            members.append(int(entry))
+    return sorted(members)
+
+
+def process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"

@@ -19,21 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wg_wrap import config as wgconfig
-from wg_wrap import dns, hostnet, launch, runtime
+from wg_wrap import dns, hostnet, keys, launch, runtime
 from wg_wrap.errors import ConfigError, ProfileError, SetupError
-from wg_wrap.launch import Sidecar
+from wg_wrap.join import Attached, attach_running, finish, not_running, take_hold, trace
 from wg_wrap.runtime import Profile, State
 
 DEFAULT_MTU = 1420
 IFNAME = "tun0"
-# How long the last wrapper waits for an ephemeral sidecar to notice it is
-# alone (it checks every 200 ms) before leaving the cleanup to the next command.
-EPHEMERAL_EXIT_WAIT = 1.5
-
-
-def trace(verbose: bool, message: str) -> None:
-    if verbose:
-        print(f"wg-wrap: [#] {message}", file=sys.stderr, flush=True)
 
 
 def warn(message: str) -> None:
@@ -107,32 +99,6 @@ def _write_private(path: Path, text: str, mode: int = 0o644) -> None:
         f.write(text)
 
 
-@dataclass
-class Attached:
-    """A process's claim on a running profile: the sidecar plus our hold.
-
-    The hold is a shared flock on the profile's ``hold`` file: an ephemeral
-    sidecar shuts down only when it can take the lock exclusively and no
-    process is left in its network namespace.
-    """
-
-    profile: Profile
-    sidecar: Sidecar
-    hold_fd: int
-    mode: str
-
-    def release(self) -> None:
-        if self.hold_fd >= 0:
-            os.close(self.hold_fd)
-            self.hold_fd = -1
-
-
-def _take_hold(profile: Profile) -> int:
-    fd = os.open(profile.hold_path, os.O_RDONLY | os.O_CLOEXEC)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return fd
-
-
 def start_profile(
     request: Request, cfg: wgconfig.Config, profile: Profile, mode: str
 ) -> Attached:
@@ -147,14 +113,15 @@ def start_profile(
 
         host_socket = hostnet.open_host_socket(cfg.interface.listen_port, request.listen_address)
         undo.callback(host_socket.close)
-        trace(verbose, f"host UDP socket bound to port {host_socket.getsockname()[1]}")
+        listen_port = int(host_socket.getsockname()[1])
+        trace(verbose, f"host UDP socket bound to port {listen_port}")
         resolved = hostnet.resolve_endpoints(cfg, path, host_socket.family)
         for ep, (ip, port) in resolved.items():
             trace(verbose, f"endpoint {ep} -> {ip}:{port}")
 
         _write_private(profile.resolv_path, resolv_conf_text(cfg, request))
         _write_private(profile.hold_path, "", 0o600)
-        hold_fd = _take_hold(profile)
+        hold_fd = take_hold(profile)
         undo.callback(os.close, hold_fd)
         mount_ops = dns.mount_ops(str(profile.resolv_path), dns.HostLayout.read())
         mtu = cfg.interface.mtu or DEFAULT_MTU
@@ -186,28 +153,11 @@ def start_profile(
             created_at=time.time(), addresses=[str(a) for a in cfg.interface.addresses],
             dns=[str(s) for s in (request.dns or cfg.interface.dns_servers)], mtu=mtu,
             endpoints=hostnet.endpoint_strings(resolved),
+            public_key=keys.encode(keys.public_key(cfg.interface.private_key)),
+            listen_port=listen_port,
         ))
         undo.pop_all()
-    return Attached(profile, sidecar, hold_fd, mode)
-
-
-def attach_running(profile: Profile, state: State) -> Attached | None:
-    """Join a live profile, or None if its sidecar is gone (or going)."""
-    sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
-    if sidecar is None:
-        return None
-    try:
-        hold_fd = _take_hold(profile)
-    except OSError:
-        sidecar.close()
-        return None
-    # An ephemeral sidecar that was shutting down held the lock exclusively
-    # until it exited: check it is still there now that we hold it.
-    if sidecar.exited():
-        os.close(hold_fd)
-        sidecar.close()
-        return None
-    return Attached(profile, sidecar, hold_fd, state.mode)
+    return Attached(profile, sidecar, hold_fd, mode, started=True)
 
 
 def reap_stale(profile: Profile, verbose: bool) -> None:
@@ -241,20 +191,105 @@ def acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
         return start_profile(request, cfg, profile, mode)
 
 
-def finish(attached: Attached, verbose: bool) -> None:
-    """Let go of a profile; clean up after an ephemeral sidecar that left."""
+def stop_started(attached: Attached) -> None:
+    """Undo a start whose later step (the handshake) failed."""
     attached.release()
-    sidecar = attached.sidecar
-    try:
-        if attached.mode == "ephemeral" and sidecar.exited(EPHEMERAL_EXIT_WAIT):
-            base = attached.profile.dir.parent
-            with runtime.locked(base):
-                state = attached.profile.read_state()
-                if state is None or state.sidecar_pid == sidecar.pid:
-                    trace(verbose, f"profile {attached.profile.name} ended; removing its state")
-                    attached.profile.remove_dir()
-    finally:
-        sidecar.close()
+    attached.sidecar.stop()
+    with runtime.locked(attached.profile.dir.parent):
+        attached.profile.remove_dir()
+    attached.sidecar.close()
+
+
+def wait_for_handshake(
+    profile: Profile, cfg: wgconfig.Config, timeout: float, verbose: bool
+) -> None:
+    """Block until some peer with an endpoint has completed a handshake.
+
+    wireguard-go only initiates one when there is something to send: turning
+    persistent keepalive on sends a keepalive at once, so it is switched on
+    for a moment on peers that have it off.
+    """
+    from wg_wrap import uapi
+
+    peers = [p for p in cfg.peers if p.endpoint is not None]
+    if not peers:
+        return  # a server waits for its clients, not the other way round
+    client = uapi.UAPIClient(str(profile.uapi_path))
+    quiet = [p for p in peers if not p.persistent_keepalive]
+    if quiet:
+        trace(verbose, "nudging a handshake: keepalive on and off")
+        client.set(uapi.encode_keepalive(quiet, 1))
+        client.set(uapi.encode_keepalive(quiet, 0))
+    targets = ", ".join(str(p.endpoint) for p in peers)
+    print(f"wg-wrap: waiting for the handshake with {targets} ...", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.last_handshake for p in client.get().peers):
+            return
+        time.sleep(0.1)
+    raise SetupError(
+        f"no handshake with {targets} within {timeout:g} s",
+        hint="check the Endpoint, the keys, and that the peer knows this client's public key "
+        f"({keys.encode(keys.public_key(cfg.interface.private_key))}); "
+        "--no-wait skips this check",
+    )
+
+
+def up(request: Request, wait: bool = True, timeout: float = 15.0) -> str:
+    """``wg-wrap up``: start a persistent profile (or find it already up)."""
+    cfg = load(request)
+    attached = acquire(request, cfg, "persistent")
+    if attached.mode != "persistent":
+        attached.release()
+        attached.sidecar.close()
+        raise ProfileError(
+            f"profile {attached.profile.name!r} is already running, started by `run`: "
+            "it ends with its last program",
+            hint="use another name (-n NAME) for a persistent profile",
+        )
+    if attached.started and wait:
+        try:
+            wait_for_handshake(attached.profile, cfg, timeout, request.verbose)
+        except BaseException:
+            stop_started(attached)
+            raise
+    attached.release()
+    attached.sidecar.close()
+    return attached.profile.name
+
+
+def down(name: str, force: bool = False, verbose: bool = False) -> str:
+    """``wg-wrap down``: stop a profile; returns what happened, for the user."""
+    runtime.check_profile_name(name)
+    base = runtime.base_dir(create=False)
+    profile = Profile.at(base, name)
+    if not profile.dir.is_dir():
+        raise not_running(name)
+    with runtime.locked(base):
+        state = profile.read_state()
+        sidecar = (
+            launch.open_sidecar(state.sidecar_pid, state.sidecar_start) if state else None
+        )
+        if sidecar is None:
+            profile.remove_dir()
+            return f"profile {name} was not running; removed its stale state"
+        try:
+            members = runtime.namespace_members(sidecar.pid)
+            if members and not force:
+                shown = ", ".join(f"{pid} ({runtime.process_name(pid)})" for pid in members[:8])
+                more = f" and {len(members) - 8} more" if len(members) > 8 else ""
+                raise ProfileError(
+                    f"profile {name} has {len(members)} attached process"
+                    f"{'es' if len(members) != 1 else ''}: {shown}{more}",
+                    hint=f"stop them first, or `wg-wrap down --force {name}`: "
+                    "they keep running without any network",
+                )
+            trace(verbose, f"stopping sidecar {sidecar.pid}")
+            sidecar.stop()
+            profile.remove_dir()
+        finally:
+            sidecar.close()
+    return f"profile {name} stopped"
 
 
 def run(request: Request, command: Sequence[str]) -> int:

@@ -16,7 +16,7 @@ import errno as errno_module
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from wg_wrap.config import Config, Endpoint, IPNetwork, Peer
@@ -105,6 +105,22 @@ def encode_set(config: Config, endpoints: Mapping[Endpoint, tuple[str, int]] | N
     ]
     for peer in config.peers:
         lines.extend(_encode_peer(peer, resolved))
+    return "\n".join(lines) + "\n\n"
+
+
+def encode_keepalive(peers: Sequence[Peer], seconds: int) -> str:
+    """Set the persistent keepalive of existing peers (``update_only``).
+
+    Switching it on from 0 makes wireguard-go send a keepalive at once, which
+    starts a handshake: ``wg-wrap up`` uses that to check the tunnel.
+    """
+    lines = ["set=1"]
+    for peer in peers:
+        lines += [
+            f"public_key={key_to_hex(peer.public_key)}",
+            "update_only=true",
+            f"persistent_keepalive_interval={seconds}",
+        ]
     return "\n".join(lines) + "\n\n"
 
 

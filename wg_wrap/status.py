@@ -1,0 +1,181 @@
+"""``wg-wrap ls`` and ``wg-wrap status``: what is running, like ``wg show``."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from wg_wrap import keys, launch, runtime
+from wg_wrap.errors import UAPIError
+from wg_wrap.runtime import Profile, State
+
+
+@dataclass
+class ProfileStatus:
+    profile: Profile
+    state: State | None
+    alive: bool
+    device: Any = None  # uapi.DeviceStatus when the sidecar answered
+    members: tuple[int, ...] = ()
+
+
+def collect(profile: Profile) -> ProfileStatus:
+    state = profile.read_state()
+    if state is None:
+        return ProfileStatus(profile, None, False)
+    sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
+    if sidecar is None:
+        return ProfileStatus(profile, state, False)
+    try:
+        from wg_wrap import uapi
+
+        try:
+            device = uapi.UAPIClient(str(profile.uapi_path), timeout=2.0).get()
+        except UAPIError:
+            device = None
+        return ProfileStatus(
+            profile, state, True, device, tuple(runtime.namespace_members(sidecar.pid))
+        )
+    finally:
+        sidecar.close()
+
+
+def all_profiles() -> list[ProfileStatus]:
+    base = runtime.base_dir(create=False)
+    return [collect(p) for p in runtime.list_profiles(base)]
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def duration(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h"
+
+
+def age(since: float | None, now: float) -> str:
+    return f"{duration(now - since)} ago" if since else "never"
+
+
+def _summary(st: ProfileStatus, now: float) -> list[str]:
+    state = st.state
+    if state is None:
+        return [st.profile.name, "?", "-", "-", "-", "dead", "-", "-"]
+    endpoint = ", ".join(state.endpoints) or "-"
+    if not st.alive:
+        return [st.profile.name, state.mode, "-", "-", endpoint, "dead", "-", "-"]
+    peers = st.device.peers if st.device else ()
+    last = max((p.last_handshake or 0 for p in peers), default=0)
+    rx = sum(p.rx_bytes for p in peers)
+    tx = sum(p.tx_bytes for p in peers)
+    return [
+        st.profile.name, state.mode, str(state.sidecar_pid), str(len(st.members)), endpoint,
+        age(last, now), human_bytes(rx), human_bytes(tx),
+    ]
+
+
+def format_ls(statuses: list[ProfileStatus]) -> str:
+    now = time.time()
+    rows = [["NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX"]]
+    rows += [_summary(st, now) for st in statuses]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _processes(members: tuple[int, ...]) -> list[dict[str, Any]]:
+    import psutil
+
+    found = []
+    for pid in members:
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                found.append({
+                    "pid": pid, "name": proc.name(), "cmdline": proc.cmdline(),
+                    "started": proc.create_time(),
+                })
+        except psutil.Error:
+            continue
+    return found
+
+
+def as_dict(st: ProfileStatus) -> dict[str, Any]:
+    state = st.state
+    out: dict[str, Any] = {"name": st.profile.name, "running": st.alive}
+    if state is None:
+        return out
+    out.update({
+        "mode": state.mode, "config": state.config_path, "sidecar_pid": state.sidecar_pid,
+        "created_at": state.created_at, "interface": state.ifname,
+        "public_key": state.public_key, "listen_port": state.listen_port,
+        "addresses": state.addresses, "dns": state.dns, "mtu": state.mtu,
+    })
+    if st.device is not None:
+        out["peers"] = [
+            {
+                "public_key": keys.encode(p.public_key), "endpoint": p.endpoint,
+                "allowed_ips": [str(n) for n in p.allowed_ips],
+                "latest_handshake": p.last_handshake, "rx_bytes": p.rx_bytes,
+                "tx_bytes": p.tx_bytes, "persistent_keepalive": p.persistent_keepalive,
+            }
+            for p in st.device.peers
+        ]
+    if st.alive:
+        out["processes"] = _processes(st.members)
+    return out
+
+
+def format_status(st: ProfileStatus) -> str:
+    d = as_dict(st)
+    now = time.time()
+    if "mode" not in d:
+        return f"profile: {d['name']} (no state: dead)"
+    lines = [
+        f"profile: {d['name']} ({d['mode']}, {'running' if d['running'] else 'dead'})",
+        f"  config: {d['config']}",
+    ]
+    if d["running"]:
+        lines.append(f"  sidecar: pid {d['sidecar_pid']}, up {duration(now - d['created_at'])}")
+    lines += [
+        f"  interface: {d['interface']}",
+        f"  public key: {d['public_key']}",
+        f"  listening port: {d['listen_port']}",
+        f"  addresses: {', '.join(d['addresses']) or '-'}",
+        f"  dns: {', '.join(d['dns']) or '(host resolver)'}",
+        f"  mtu: {d['mtu']}",
+    ]
+    for peer in d.get("peers", []):
+        lines += [
+            "",
+            f"peer: {peer['public_key']}",
+            f"  endpoint: {peer['endpoint'] or '-'}",
+            f"  allowed ips: {', '.join(peer['allowed_ips']) or '(none)'}",
+            f"  latest handshake: {age(peer['latest_handshake'], now)}",
+            f"  transfer: {human_bytes(peer['rx_bytes'])} received, "
+            f"{human_bytes(peer['tx_bytes'])} sent",
+        ]
+        if peer["persistent_keepalive"]:
+            lines.append(f"  persistent keepalive: every {peer['persistent_keepalive']} seconds")
+    if d["running"]:
+        lines += ["", f"attached processes: {len(d['processes'])}"]
+        for proc in d["processes"]:
+            lines.append(f"  {proc['pid']:>7}  {proc['name']}  {' '.join(proc['cmdline'])}")
+    return "\n".join(lines)
+
+
+def format_json(statuses: list[ProfileStatus]) -> str:
+    return json.dumps([as_dict(st) for st in statuses], indent=2)

@@ -19,13 +19,13 @@ def xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_created_private_under_xdg_runtime_dir(xdg: Path) -> None:
     base = runtime.base_dir()
-    assert base == xdg / "wg-wrap"
-    assert base.stat().st_mode & 0o777 == 0o700
+    assert base == str(xdg / "wg-wrap")
+    assert os.stat(base).st_mode & 0o777 == 0o700
 
 
 def test_falls_back_to_a_per_user_directory_in_tmp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    assert runtime.base_dir(create=False) == Path(f"/tmp/wg-wrap-{os.geteuid()}")
+    assert runtime.base_dir(create=False) == f"/tmp/wg-wrap-{os.geteuid()}"
 
 
 def test_refuses_a_symlink(xdg: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -67,9 +67,11 @@ def test_state_round_trip_with_private_mode(xdg: Path) -> None:
     )
     profile.write_state(state)
     assert profile.read_state() == state
-    assert profile.state_path.stat().st_mode & 0o777 == 0o600
-    profile.state_path.write_text("garbage = [")
+    assert profile.read_join_state() == (42, 7, "ephemeral")
+    assert os.stat(profile.state_path).st_mode & 0o777 == 0o600
+    Path(profile.state_path).write_text("garbage = [")
     assert profile.read_state() is None  # treated as stale, never a crash
+    assert profile.read_join_state() is None
 
 
 def test_start_time_distinguishes_a_live_process_from_a_reused_pid() -> None:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
 import os
 import sys
-import traceback
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from wg_wrap import __version__
 from wg_wrap.errors import UsageError, WgWrapError
 
+# argparse and friends are imported where they are needed: `wg-wrap exec`
+# takes a fast path that must not pay for them (scripts/bench_join.py).
+TYPE_CHECKING = False  # not `from typing import`: typing is slow to import
 if TYPE_CHECKING:
+    import argparse
+    import ipaddress
+    from collections.abc import Sequence
+
     from wg_wrap import session
 
 PROG = "wg-wrap"
@@ -36,6 +38,9 @@ examples:
 
 
 def _dns_server(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    import argparse
+    import ipaddress
+
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -46,12 +51,13 @@ def _ip_text(text: str) -> str:
     return str(_dns_server(text))
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, hint=f"see `{self.prog} --help`")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise UsageError(message, hint=f"see `{self.prog} --help`")
+
     parser = _Parser(
         prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -144,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exec_fast_path(argv: list[str]) -> tuple[str, list[str], bool] | None:
+    """``exec [-v] NAME [--] CMD...`` parsed without argparse; None otherwise."""
+    if not argv or argv[0] != "exec":
+        return None
+    rest, verbose = argv[1:], False
+    while rest and rest[0] in ("-v", "--verbose"):
+        verbose, rest = True, rest[1:]
+    if not rest or rest[0].startswith("-"):
+        return None  # --help, a typo: argparse explains
+    name, command = rest[0], rest[1:]
+    if command and command[0] == "--":
+        command = command[1:]
+    elif command and command[0].startswith("-"):
+        return None
+    return name, command or [os.environ.get("SHELL") or "/bin/sh"], verbose
+
+
 def _add_common(p: argparse.ArgumentParser, with_name: bool = True) -> None:
     if with_name:
         p.add_argument(
@@ -158,6 +181,8 @@ def _add_common(p: argparse.ArgumentParser, with_name: bool = True) -> None:
 
 
 def _add_network(p: argparse.ArgumentParser) -> None:
+    import argparse
+
     p.add_argument(
         "--dns", action="append", type=_dns_server, default=[], metavar="IP",
         help="DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); "
@@ -202,7 +227,7 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.name:
             base = runtime.base_dir(create=False)
             profile = runtime.Profile.at(base, args.name)
-            if not profile.dir.is_dir():
+            if not os.path.isdir(profile.dir):
                 from wg_wrap.join import not_running
 
                 raise not_running(args.name)
@@ -232,13 +257,21 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    verbose = False
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    fast = _exec_fast_path(arguments)
+    verbose = fast[2] if fast else False
     try:
-        args = build_parser().parse_args(argv)
+        if fast:
+            from wg_wrap import join
+
+            return join.exec_in(*fast)
+        args = build_parser().parse_args(arguments)
         verbose = bool(getattr(args, "verbose", False))
         return dispatch(args)
     except WgWrapError as e:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         print(f"{PROG}: error: {e}", file=sys.stderr)
         if e.hint:
@@ -248,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:  # a bug: say so briefly, show it with -v
         if verbose:
+            import traceback
+
             traceback.print_exc()
         print(f"{PROG}: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         if not verbose:

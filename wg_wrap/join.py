@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from wg_wrap import launch, runtime
 from wg_wrap.errors import ProfileError
-from wg_wrap.launch import Sidecar
 from wg_wrap.runtime import Profile, State
+
+TYPE_CHECKING = False  # not `from typing import`: typing is slow to import
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from wg_wrap.launch import Sidecar
 
 # How long the last wrapper waits for an ephemeral sidecar to notice it is
 # alone (it checks every 200 ms) and clean up after itself.
@@ -27,7 +30,6 @@ def trace(verbose: bool, message: str) -> None:
         os.write(2, f"wg-wrap: [#] {message}\n".encode())
 
 
-@dataclass
 class Attached:
     """A process's claim on a running profile: the sidecar plus our hold.
 
@@ -36,11 +38,14 @@ class Attached:
     process is left in its network namespace.
     """
 
-    profile: Profile
-    sidecar: Sidecar
-    hold_fd: int
-    mode: str
-    started: bool = False  # by this process (else joined)
+    def __init__(
+        self, profile: Profile, sidecar: Sidecar, hold_fd: int, mode: str, started: bool = False
+    ) -> None:
+        self.profile = profile
+        self.sidecar = sidecar
+        self.hold_fd = hold_fd
+        self.mode = mode
+        self.started = started  # by this process (else joined)
 
     def release(self) -> None:
         if self.hold_fd >= 0:
@@ -54,9 +59,16 @@ def take_hold(profile: Profile) -> int:
     return fd
 
 
-def attach_running(profile: Profile, state: State) -> Attached | None:
+def attach_running(profile: Profile, state: State | None = None) -> Attached | None:
     """Join a live profile, or None if its sidecar is gone (or going)."""
-    sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
+    if state is None:
+        found = profile.read_join_state()
+        if found is None:
+            return None
+        pid, start, mode = found
+    else:
+        pid, start, mode = state.sidecar_pid, state.sidecar_start, state.mode
+    sidecar = launch.open_sidecar(pid, start)
     if sidecar is None:
         return None
     try:
@@ -70,7 +82,7 @@ def attach_running(profile: Profile, state: State) -> Attached | None:
         os.close(hold_fd)
         sidecar.close()
         return None
-    return Attached(profile, sidecar, hold_fd, state.mode)
+    return Attached(profile, sidecar, hold_fd, mode)
 
 
 def finish(attached: Attached, verbose: bool) -> None:
@@ -79,7 +91,7 @@ def finish(attached: Attached, verbose: bool) -> None:
     sidecar = attached.sidecar
     try:
         if attached.mode == "ephemeral" and sidecar.exited(EPHEMERAL_EXIT_WAIT):
-            base = attached.profile.dir.parent
+            base = os.path.dirname(attached.profile.dir)
             with runtime.locked(base):
                 state = attached.profile.read_state()
                 if state is None or state.sidecar_pid == sidecar.pid:
@@ -100,12 +112,11 @@ def exec_in(name: str, command: Sequence[str], verbose: bool = False) -> int:
     """``wg-wrap exec NAME -- CMD``: run CMD in a running profile."""
     runtime.check_profile_name(name)
     base = runtime.base_dir(create=False)
-    if not base.exists():
+    if not os.path.exists(base):
         raise not_running(name)
     profile = Profile.at(base, name)
     with runtime.locked(base):
-        state = profile.read_state()
-        attached = attach_running(profile, state) if state is not None else None
+        attached = attach_running(profile)
     if attached is None:
         raise not_running(name)
     trace(verbose, f"wg-wrap-launcher join -- {' '.join(command)}")

@@ -11,21 +11,22 @@ imported when a state file is written, which only a start does).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import re
-import shutil
 import stat
-import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from wg_wrap.errors import ProfileError, RuntimeDirError
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+TYPE_CHECKING = False  # not `from typing import`: typing is slow to import
+if TYPE_CHECKING:
+    from typing import Any
+
+_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_NAME_REST = _NAME_FIRST | frozenset(".-")
+
+
+def _valid_name(name: str) -> bool:
+    return 0 < len(name) <= 64 and name[0] in _NAME_FIRST and set(name) <= _NAME_REST
 
 STATE_FILE = "state.toml"
 UAPI_SOCKET = "uapi.sock"
@@ -35,7 +36,7 @@ HOLD_FILE = "hold"
 
 
 def check_profile_name(name: str) -> str:
-    if not _NAME_RE.fullmatch(name):
+    if not _valid_name(name):
         raise ProfileError(
             f"invalid profile name {name!r}",
             hint="use up to 64 letters, digits, '_', '-' or '.', not starting with '.' or '-'",
@@ -43,8 +44,8 @@ def check_profile_name(name: str) -> str:
     return name
 
 
-def _check_private_dir(path: Path) -> None:
-    st = path.lstat()
+def _check_private_dir(path: str) -> None:
+    st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise RuntimeDirError(f"{path} is not a directory (refusing a symlink or file there)")
     if st.st_uid != os.geteuid():
@@ -56,9 +57,9 @@ def _check_private_dir(path: Path) -> None:
         )
 
 
-def _make_private_dir(path: Path) -> Path:
+def _make_private_dir(path: str) -> str:
     try:
-        path.mkdir(mode=0o700)
+        os.mkdir(path, 0o700)
     except FileExistsError:
         pass
     except OSError as e:
@@ -67,13 +68,13 @@ def _make_private_dir(path: Path) -> Path:
     return path
 
 
-def base_dir(create: bool = True) -> Path:
+def base_dir(create: bool = True) -> str:
     """The per-user runtime directory, created private when missing."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
-        path = Path(xdg) / "wg-wrap"
+        path = os.path.join(xdg, "wg-wrap")
     else:
-        path = Path("/tmp") / f"wg-wrap-{os.geteuid()}"
+        path = f"/tmp/wg-wrap-{os.geteuid()}"
     if not create:
         if not os.path.lexists(path):
             return path
@@ -82,91 +83,131 @@ def base_dir(create: bool = True) -> Path:
     return _make_private_dir(path)
 
 
-@contextlib.contextmanager
-def locked(base: Path) -> Iterator[None]:
+class locked:  # noqa: N801 - used like a function: `with locked(base):`
     """Serialize operations on the user's profiles (start, join, stop, cleanup).
 
     One lock for all profiles: the critical sections are short (a start takes
     a fraction of a second) and a single lock cannot deadlock.
     """
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+        self.fd = -1
 
 
-@dataclass
 class State:
-    """What ``state.toml`` records about a running profile."""
+    """What ``state.toml`` records about a running profile.
 
-    name: str
-    mode: str  # "ephemeral" or "persistent"
-    sidecar_pid: int
-    sidecar_start: int  # /proc/PID/stat starttime: pids are reused
-    config_path: str
-    config_digest: str
-    ifname: str
-    created_at: float
-    addresses: list[str] = field(default_factory=list)
-    dns: list[str] = field(default_factory=list)
-    mtu: int = 1420
-    endpoints: list[str] = field(default_factory=list)
-    public_key: str = ""
-    listen_port: int = 0
+    A plain class rather than a dataclass: importing ``dataclasses`` costs
+    the join path several milliseconds.
+    """
+
+    FIELDS = (
+        "name", "mode", "sidecar_pid", "sidecar_start", "config_path", "config_digest",
+        "ifname", "created_at", "addresses", "dns", "mtu", "endpoints", "public_key",
+        "listen_port",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        mode: str,  # "ephemeral" or "persistent"
+        sidecar_pid: int,
+        sidecar_start: int,  # /proc/PID/stat starttime: pids are reused
+        config_path: str,
+        config_digest: str,
+        ifname: str,
+        created_at: float,
+        addresses: list[str] | None = None,
+        dns: list[str] | None = None,
+        mtu: int = 1420,
+        endpoints: list[str] | None = None,
+        public_key: str = "",
+        listen_port: int = 0,
+    ) -> None:
+        self.name = name
+        self.mode = mode
+        self.sidecar_pid = sidecar_pid
+        self.sidecar_start = sidecar_start
+        self.config_path = config_path
+        self.config_digest = config_digest
+        self.ifname = ifname
+        self.created_at = created_at
+        self.addresses = addresses or []
+        self.dns = dns or []
+        self.mtu = mtu
+        self.endpoints = endpoints or []
+        self.public_key = public_key
+        self.listen_port = listen_port
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: getattr(self, k) for k in self.FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> State:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+        return cls(**{k: data[k] for k in cls.FIELDS if k in data})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, State) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"State({self.to_dict()!r})"
 
 
-@dataclass(frozen=True)
 class Profile:
     """Paths of one profile's runtime directory."""
 
-    name: str
-    dir: Path
+    def __init__(self, name: str, directory: str) -> None:
+        self.name = name
+        self.dir = directory
 
     @classmethod
-    def at(cls, base: Path, name: str) -> Profile:
-        return cls(check_profile_name(name), base / name)
+    def at(cls, base: str, name: str) -> Profile:
+        return cls(check_profile_name(name), os.path.join(base, name))
 
     @property
-    def state_path(self) -> Path:
-        return self.dir / STATE_FILE
+    def state_path(self) -> str:
+        return os.path.join(self.dir, STATE_FILE)
 
     @property
-    def uapi_path(self) -> Path:
-        return self.dir / UAPI_SOCKET
+    def uapi_path(self) -> str:
+        return os.path.join(self.dir, UAPI_SOCKET)
 
     @property
-    def resolv_path(self) -> Path:
-        return self.dir / RESOLV_CONF
+    def resolv_path(self) -> str:
+        return os.path.join(self.dir, RESOLV_CONF)
 
     @property
-    def log_path(self) -> Path:
-        return self.dir / SIDECAR_LOG
+    def log_path(self) -> str:
+        return os.path.join(self.dir, SIDECAR_LOG)
 
     @property
-    def hold_path(self) -> Path:
-        return self.dir / HOLD_FILE
+    def hold_path(self) -> str:
+        return os.path.join(self.dir, HOLD_FILE)
 
     def create_dir(self) -> None:
         try:
-            self.dir.mkdir(mode=0o700)
+            os.mkdir(self.dir, 0o700)
         except FileExistsError as e:
             raise ProfileError(f"profile directory {self.dir} already exists") from e
         _check_private_dir(self.dir)
 
     def remove_dir(self) -> None:
+        import shutil
+
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def read_state(self) -> State | None:
+        import tomllib
+
         try:
             with open(self.state_path, "rb") as f:
                 return State.from_dict(tomllib.load(f))
@@ -175,10 +216,35 @@ class Profile:
         except (tomllib.TOMLDecodeError, TypeError, OSError):
             return None  # half-written or foreign: treated as stale
 
+    def read_join_state(self) -> tuple[int, int, str] | None:
+        """Sidecar pid, start time and mode: all that joining needs.
+
+        Read without tomllib, which costs the join path ~7 ms to import (it
+        pulls in typing, datetime and re): state.toml is written by
+        write_state with tomli-w, whose output for these scalars is plain
+        ``key = value`` lines.  Anything unexpected falls back to tomllib.
+        """
+        found: dict[str, str] = {}
+        try:
+            with open(self.state_path) as f:
+                for line in f:
+                    key, sep, value = line.partition(" = ")
+                    if sep and key in ("sidecar_pid", "sidecar_start", "mode"):
+                        found[key] = value.strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            pass
+        pid, start, mode = (found.get(k, "") for k in ("sidecar_pid", "sidecar_start", "mode"))
+        if pid.isdigit() and start.isdigit() and mode in ('"ephemeral"', '"persistent"'):
+            return int(pid), int(start), mode.strip('"')
+        state = self.read_state()
+        return (state.sidecar_pid, state.sidecar_start, state.mode) if state else None
+
     def write_state(self, state: State) -> None:
         import tomli_w
 
-        tmp = self.dir / (STATE_FILE + ".tmp")
+        tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as f:
             tomli_w.dump(state.to_dict(), f)
@@ -201,12 +267,16 @@ def sidecar_alive(state: State) -> bool:
     return process_start_time(state.sidecar_pid) == state.sidecar_start
 
 
-def list_profiles(base: Path) -> list[Profile]:
+def list_profiles(base: str) -> list[Profile]:
     try:
         names = sorted(os.listdir(base))
     except FileNotFoundError:
         return []
-    return [Profile(n, base / n) for n in names if _NAME_RE.fullmatch(n) and (base / n).is_dir()]
+    return [
+        Profile(n, os.path.join(base, n))
+        for n in names
+        if _valid_name(n) and os.path.isdir(os.path.join(base, n))
+    ]
 
 
 def _net_namespace(pid: int | str) -> str | None:

@@ -93,7 +93,7 @@ def resolv_conf_text(cfg: wgconfig.Config, request: Request) -> str:
     return host
 
 
-def _write_private(path: Path, text: str, mode: int = 0o644) -> None:
+def _write_private(path: str, text: str, mode: int = 0o644) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -123,7 +123,7 @@ def start_profile(
         _write_private(profile.hold_path, "", 0o600)
         hold_fd = take_hold(profile)
         undo.callback(os.close, hold_fd)
-        mount_ops = dns.mount_ops(str(profile.resolv_path), dns.HostLayout.read())
+        mount_ops = dns.mount_ops(profile.resolv_path, dns.HostLayout.read())
         mtu = cfg.interface.mtu or DEFAULT_MTU
 
         trace(verbose, f"wg-wrap-launcher create {' '.join(mount_ops)} -- wg-wrap-sidecar")
@@ -144,7 +144,7 @@ def start_profile(
         )
         netns.configure(sidecar.pidfd, plan, verbose)
         trace(verbose, "wg set (UAPI): private key, peers, endpoints, allowed ips")
-        uapi.UAPIClient(str(profile.uapi_path)).set(uapi.encode_set(cfg, resolved))
+        uapi.UAPIClient(profile.uapi_path).set(uapi.encode_set(cfg, resolved))
 
         profile.write_state(State(
             name=profile.name, mode=mode, sidecar_pid=sidecar.pid,
@@ -162,7 +162,7 @@ def start_profile(
 
 def reap_stale(profile: Profile, verbose: bool) -> None:
     """Remove what a crashed sidecar or killed wrapper left behind."""
-    if profile.dir.exists():
+    if os.path.exists(profile.dir):
         trace(verbose, f"removing stale state {profile.dir}")
         profile.remove_dir()
 
@@ -195,7 +195,7 @@ def stop_started(attached: Attached) -> None:
     """Undo a start whose later step (the handshake) failed."""
     attached.release()
     attached.sidecar.stop()
-    with runtime.locked(attached.profile.dir.parent):
+    with runtime.locked(os.path.dirname(attached.profile.dir)):
         attached.profile.remove_dir()
     attached.sidecar.close()
 
@@ -214,7 +214,7 @@ def wait_for_handshake(
     peers = [p for p in cfg.peers if p.endpoint is not None]
     if not peers:
         return  # a server waits for its clients, not the other way round
-    client = uapi.UAPIClient(str(profile.uapi_path))
+    client = uapi.UAPIClient(profile.uapi_path)
     quiet = [p for p in peers if not p.persistent_keepalive]
     if quiet:
         trace(verbose, "nudging a handshake: keepalive on and off")
@@ -263,7 +263,7 @@ def down(name: str, force: bool = False, verbose: bool = False) -> str:
     runtime.check_profile_name(name)
     base = runtime.base_dir(create=False)
     profile = Profile.at(base, name)
-    if not profile.dir.is_dir():
+    if not os.path.isdir(profile.dir):
         raise not_running(name)
     with runtime.locked(base):
         state = profile.read_state()

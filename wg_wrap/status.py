@@ -32,7 +32,7 @@ def collect(profile: Profile) -> ProfileStatus:
         from wg_wrap import uapi
 
         try:
-            device = uapi.UAPIClient(str(profile.uapi_path), timeout=2.0).get()
+            device = uapi.UAPIClient(profile.uapi_path, timeout=2.0).get()
         except UAPIError:
             device = None
         return ProfileStatus(

@@ -1,8 +1,8 @@
 """wg-wrap-launcher, run as the unprivileged test user against real namespaces.
 
-The launcher is built here from launcher/wg-wrap-launcher.c with the
-Makefile's flags into a world-readable temporary directory, so this file runs
-on its own: ``python3 -m pytest tests/test_launcher.py`` (as root).
+The launcher under test is the installed one: the staged install that
+``make stage`` (and so ``make test``) makes with ``make install``, built with
+the Makefile's flags (which live only there) and readable by the test user.
 """
 
 from __future__ import annotations
@@ -20,26 +20,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from conftest import User, as_user_argv, run_as_user, user_env
+from conftest import Stage, User, as_user_argv, run_as_user, user_env
 
-REPO = Path(__file__).resolve().parent.parent
-SOURCE = REPO / "launcher" / "wg-wrap-launcher.c"
-CFLAGS = [
-    "-O2",
-    "-g",
-    "-std=gnu11",
-    "-Wall",
-    "-Wextra",
-    "-Werror",
-    "-Wshadow",
-    "-Wformat=2",
-    "-Wconversion",
-    "-Wno-sign-conversion",
-    "-Wmissing-prototypes",
-    "-Wstrict-prototypes",
-    "-D_FORTIFY_SOURCE=2",
-    "-fstack-protector-strong",
-]
 CAP_NET_ADMIN = 1 << 12
 # The system interpreter: the test user cannot reach one under /root.
 PYTHON = "/usr/bin/python3"
@@ -47,22 +29,9 @@ TIMEOUT = 20
 
 
 @pytest.fixture(scope="session")
-def launcher() -> Iterator[Path]:
-    """The launcher, built warning-free into a directory the test user can reach."""
-    build_dir = Path(tempfile.mkdtemp(prefix="wg-wrap-launcher-"))
-    build_dir.chmod(0o755)
-    binary = build_dir / "wg-wrap-launcher"
-    try:
-        result = subprocess.run(
-            ["gcc", *CFLAGS, "-o", str(binary), str(SOURCE)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0 and result.stderr == "", result.stderr
-        yield binary
-    finally:
-        shutil.rmtree(build_dir, ignore_errors=True)
+def launcher(stage: Stage) -> Path:
+    """The staged, installed launcher (see conftest.stage)."""
+    return stage.launcher
 
 
 def readable_by_all(path: Path, content: str) -> Path:

@@ -6,7 +6,7 @@
 // configured only over its UAPI socket. It also pins the namespaces: they
 // live as long as it does.
 //
-//	wg-wrap-sidecar --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH] [-v]
+//	wg-wrap-sidecar --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]] [-v]
 package main
 
 import (
@@ -53,6 +53,7 @@ type options struct {
 	ifname   string
 	mtu      int
 	holdPath string
+	stateDir string
 	verbose  bool
 }
 
@@ -93,6 +94,19 @@ func run(args []string, stderr io.Writer) int {
 		return fail(exitFailure, "host socket", err)
 	}
 	defer bind.Release()
+
+	// Removed last, after the device and the UAPI socket are closed, and
+	// only when the profile ended by itself: nobody else is left to do it if
+	// every wrapper was killed. The exclusive hold lock is still held, so a
+	// wrapper about to join waits until this process has exited.
+	removeState := false
+	defer func() {
+		if removeState && opts.stateDir != "" {
+			if err := os.RemoveAll(opts.stateDir); err != nil {
+				fmt.Fprintf(stderr, "%s: removing %s: %v\n", progName, opts.stateDir, err)
+			}
+		}
+	}()
 
 	var holdFile *hold.Hold
 	if opts.holdPath != "" {
@@ -136,7 +150,7 @@ func run(args []string, stderr io.Writer) int {
 	if err := ready.ok(); err != nil {
 		logger.Errorf("signalling readiness: %v", err)
 	}
-	logger.Verbosef("ready: %s up to MTU %d, UAPI on %s", opts.ifname, opts.mtu, opts.uapiPath)
+	logger.Verbosef("ready: %s (MTU %d), host UDP port %d, UAPI on %s", opts.ifname, opts.mtu, bind.Port(), opts.uapiPath)
 
 	select {
 	case sig := <-term:
@@ -144,6 +158,7 @@ func run(args []string, stderr io.Writer) int {
 		return exitOK
 	case <-unused:
 		logger.Verbosef("shutting down: no wrapper and no process left in the namespace")
+		removeState = true
 		return exitOK
 	case err := <-uapiErrs:
 		logger.Errorf("UAPI listener failed: %v", err)
@@ -160,7 +175,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet(progName, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: %s --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH] [-v]\n", progName)
+		fmt.Fprintf(stderr, "usage: %s --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]] [-v]\n", progName)
 		fmt.Fprintf(stderr, "environment: %s=<fd> (required), %s=<fd> (optional)\n", envHostSocketFD, envReadyFD)
 		fs.PrintDefaults()
 	}
@@ -168,6 +183,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&opts.ifname, "ifname", opts.ifname, "name of the TUN device")
 	fs.IntVar(&opts.mtu, "mtu", opts.mtu, fmt.Sprintf("MTU of the TUN device (%d..%d)", minMTU, maxMTU))
 	fs.StringVar(&opts.holdPath, "hold", "", "ephemeral mode: exit once no process holds this file locked and none is left in the namespace")
+	fs.StringVar(&opts.stateDir, "state-dir", "", "with --hold: the profile's runtime directory, removed when the profile ends by itself")
 	fs.BoolVar(&opts.verbose, "v", false, "verbose logging")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

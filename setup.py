@@ -21,6 +21,10 @@ BINARIES = ("wg-wrap-launcher", "wg-wrap-sidecar")
 
 class BuildWithBinaries(build_py):
     def run(self) -> None:
+        # Always copy: an in-tree build (pip's --no-build-isolation, `make
+        # install`) would otherwise keep a stale build/lib copy of a module
+        # whose edit did not make it newer than that copy.
+        self.force = True
         super().run()
         if os.environ.get("WG_WRAP_SKIP_BINARIES") == "1":
             return

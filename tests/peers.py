@@ -175,8 +175,11 @@ class WgWrapServer(Server):
         )
         self.log = LineLog(self.process.stdout)
         if not self.log.wait_for("ready", READY_TIMEOUT):
+            if self.process.poll() is None:
+                self.process.kill()
+            _, err = self.process.communicate(timeout=10)
             self.stop()
-            raise RuntimeError(f"wg-wrap server did not start: {self.process.stderr.read()}")  # type: ignore[union-attr]
+            raise RuntimeError(f"wg-wrap server did not start: {err}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

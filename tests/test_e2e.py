@@ -38,7 +38,7 @@ _nets = itertools.count(70)
 
 def _net() -> Net:
     n = next(_nets)
-    return Net(v4=f"10.{n}.0", v6=f"fd{n}::")
+    return Net(v4=f"10.{n}.0", v6=f"fd00:{n}::")
 
 
 @pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
@@ -195,7 +195,8 @@ def test_runs_with_the_callers_identity_and_no_capabilities(
     assert caps and all(int(v, 16) == 0 for v in caps.values()), caps
 
 
-def _sidecars_of(user: User) -> list[int]:
+def _sidecars_of(user: User, runtime: Path) -> list[int]:
+    """The user's sidecars serving profiles in one runtime directory."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -204,8 +205,9 @@ def _sidecars_of(user: User) -> list[int]:
             if os.stat(f"/proc/{entry}").st_uid != user.uid:
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"wg-wrap-sidecar" in f.read().split(b"\0")[0]:
-                    found.append(int(entry))
+                argv = f.read().split(b"\0")
+            if b"wg-wrap-sidecar" in argv[0] and any(a.startswith(bytes(runtime)) for a in argv):
+                found.append(int(entry))
         except OSError:
             continue
     return found
@@ -218,7 +220,6 @@ def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
     secrets = [wgwrap_server.keys.text(wgwrap_server.keys.client).encode(),
                wgwrap_server.keys.text(wgwrap_server.keys.server).encode(),
                wgwrap_server.keys.client.hex().encode(), wgwrap_server.keys.server.hex().encode()]
-    before = set(_sidecars_of(test_user))
     argv = stage.wg_wrap("run", "-c", str(conf), "--", "sh", "-c", "echo started; sleep 3")
     from conftest import as_user_argv
 
@@ -247,14 +248,14 @@ def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
         for path in (user_runtime_dir / "wg-wrap").rglob("*"):
             if path.is_file():
                 assert not any(s in path.read_bytes() for s in secrets), path
-        assert set(_sidecars_of(test_user)) - before, "the sidecar should be running now"
+        assert _sidecars_of(test_user, user_runtime_dir), "the sidecar should be running now"
     finally:
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     deadline = time.monotonic() + 3
-    while set(_sidecars_of(test_user)) - before and time.monotonic() < deadline:
+    while _sidecars_of(test_user, user_runtime_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not set(_sidecars_of(test_user)) - before, "sidecar left running"
+    assert not _sidecars_of(test_user, user_runtime_dir), "sidecar left running"
     assert list((user_runtime_dir / "wg-wrap").iterdir()) == [], "runtime state left behind"
 
 

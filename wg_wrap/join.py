@@ -121,6 +121,6 @@ def exec_in(name: str, command: Sequence[str], verbose: bool = False) -> int:
         raise not_running(name)
     trace(verbose, f"wg-wrap-launcher join -- {' '.join(command)}")
     try:
-        return launch.run_joined(attached.sidecar, command)
+        return launch.run_joined(attached.sidecar, command, attached.hold_fd)
     finally:
         finish(attached, verbose)

@@ -78,10 +78,12 @@ def open_sidecar(pid: int, start_time: int) -> Sidecar | None:
         pidfd = os.pidfd_open(pid)
     except (ProcessLookupError, PermissionError):
         return None
-    if process_start_time(pid) != start_time:
-        os.close(pidfd)
+    sidecar = Sidecar(pid, start_time, pidfd)
+    # A zombie (exited, not yet reaped) keeps its pid and start time.
+    if process_start_time(pid) != start_time or sidecar.exited():
+        sidecar.close()
         return None
-    return Sidecar(pid, start_time, pidfd)
+    return sidecar
 
 
 def start_sidecar(
@@ -105,7 +107,9 @@ def start_sidecar(
         "--ifname", ifname, "--mtu", str(mtu),
     ]
     if ephemeral:
-        sidecar_argv += ["--hold", profile.hold_path]
+        # It removes the runtime directory itself when it ends, in case every
+        # wrapper was killed and nobody else is left to.
+        sidecar_argv += ["--hold", profile.hold_path, "--state-dir", profile.dir]
     if verbose:
         sidecar_argv.append("-v")
     argv = [str(paths.launcher()), "create", *mount_ops, "--", *sidecar_argv]
@@ -188,7 +192,7 @@ RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
 SI_KERNEL = 0x80
 
 
-def run_joined(sidecar: Sidecar, command: Sequence[str]) -> int:
+def run_joined(sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1) -> int:
     """Run command inside the profile; return its exit status (128+N if killed).
 
     The command stays in our process group, so it owns the terminal like any
@@ -198,11 +202,18 @@ def run_joined(sidecar: Sidecar, command: Sequence[str]) -> int:
 
     ``posix_spawn`` rather than ``subprocess``: this is the join path, and
     importing subprocess costs more than spawning.
+
+    The command inherits ``hold_fd`` (the profile's shared hold lock): the
+    lock then stays held while any of its descendants keeps the fd, even
+    those the sidecar cannot see in /proc (sandboxes that make themselves
+    non-dumpable hide their namespace links).
     """
     watched = {*RELAYED, signal.SIGCHLD}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     try:
-        os.set_inheritable(sidecar.pidfd, True)
+        inherited = [fd for fd in (sidecar.pidfd, hold_fd) if fd >= 0]
+        for fd in inherited:
+            os.set_inheritable(fd, True)
         argv = join_argv(sidecar, command)
         try:
             pid = os.posix_spawn(
@@ -214,7 +225,8 @@ def run_joined(sidecar: Sidecar, command: Sequence[str]) -> int:
         except OSError as e:
             raise SetupError(f"starting {argv[0]}: {e.strerror}") from e
         finally:
-            os.set_inheritable(sidecar.pidfd, False)
+            for fd in inherited:
+                os.set_inheritable(fd, False)
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:

@@ -297,7 +297,7 @@ def run(request: Request, command: Sequence[str]) -> int:
     attached = acquire(request, cfg, "ephemeral")
     try:
         trace(request.verbose, f"wg-wrap-launcher join -- {' '.join(command)}")
-        return launch.run_joined(attached.sidecar, command)
+        return launch.run_joined(attached.sidecar, command, attached.hold_fd)
     finally:
         finish(attached, request.verbose)
 

@@ -11,7 +11,6 @@ LIBEXECDIR ?= $(PREFIX)/libexec
 DESTDIR    ?=
 PYTHON     ?= /usr/bin/python3
 GO         ?= go
-CC         ?= gcc
 STAGE      ?= /var/tmp/wg-wrap-stage
 PYTEST_ARGS ?=
 
@@ -46,19 +45,11 @@ build/wg-wrap-sidecar: $(SIDECAR_SOURCES)
 	@echo "  GO      $@"
 	$(Q)cd go-sidecar && CGO_ENABLED=0 $(GO) build -trimpath -o ../build/wg-wrap-sidecar .
 
-# Where pip puts console scripts for --prefix=$(PREFIX) (the scheme pip picks from sysconfig);
-# `make install` moves wg-wrap from there to $(BINDIR).
-PIP_SCRIPTS = $(PYTHON) -c 'import sys, sysconfig as s; p = sys.argv[1]; \
-	print(s.get_path("scripts", s.get_preferred_scheme("prefix"), dict.fromkeys( \
-	("base", "platbase", "installed_base", "installed_platbase"), p)))' '$(PREFIX)'
-
 install: binaries
 	$(Q)install -d $(DESTDIR)$(LIBEXECDIR)/wg-wrap
 	$(Q)install -m 0755 build/wg-wrap-launcher build/wg-wrap-sidecar $(DESTDIR)$(LIBEXECDIR)/wg-wrap/
-	$(Q)WG_WRAP_SKIP_BINARIES=1 $(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --root-user-action=ignore \
-		--root=$(if $(DESTDIR),$(DESTDIR),/) --prefix=$(PREFIX) .
-	$(Q)scripts=$$($(PIP_SCRIPTS)) && if [ "$$scripts" != "$(BINDIR)" ]; then \
-		install -d $(DESTDIR)$(BINDIR) && mv -f $(DESTDIR)$$scripts/wg-wrap $(DESTDIR)$(BINDIR)/wg-wrap; fi
+	$(Q)$(PYTHON) scripts/install-python.py --prefix=$(PREFIX) --bindir=$(BINDIR) \
+		--destdir=$(DESTDIR) .
 
 # A world-readable install for the unprivileged test user (see tests/conftest.py).
 stage: binaries

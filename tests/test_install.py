@@ -428,3 +428,26 @@ def test_make_is_quiet_unless_v_1(tmp_path: Path) -> None:
     assert lines[2] == "  GO      build/wg-wrap-sidecar"
     assert re.fullmatch(r".*go build -trimpath -o \.\./build/wg-wrap-sidecar \.", lines[3]), lines
     assert len(lines) == 4 and loud.stderr == ""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("prefix", ["/usr/local", "/usr"])
+def test_make_install_with_the_system_interpreter_lands_on_its_sys_path(
+    build_env: BuildEnv, tmp_path: Path, prefix: str
+) -> None:
+    """Debian's /usr/bin/python3 gives --prefix its own meaning (posix_local:
+    <prefix>/local/...); the package must still land where that interpreter
+    imports from, for a local install (/usr/local) and a package (/usr)."""
+    python = "/usr/bin/python3"
+    destdir = tmp_path / "destdir"
+    run(["make", "install", f"DESTDIR={destdir}", f"PYTHON={python}", f"PREFIX={prefix}"],
+        cwd=build_env.source, timeout=600)
+    package = staged_package(destdir)
+    installed_site = "/" + str(package.parent.relative_to(destdir))
+    sys_path = run([python, "-c", "import sys; print('\\n'.join(sys.path))"], cwd=tmp_path)
+    assert installed_site in sys_path.stdout.splitlines()
+    assert (destdir / prefix.lstrip("/") / "bin" / "wg-wrap").is_file()
+    env = clean_env(PYTHONPATH=str(package.parent))
+    found = run([python, "-c", PRINT_LIBEXEC], cwd=tmp_path, env=env)
+    assert Path(found.stdout.splitlines()[1]) == destdir / prefix.lstrip("/") / "libexec" / "wg-wrap"

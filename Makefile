@@ -1,7 +1,7 @@
 # wg-wrap — build, test, demo, install.
 #   make            build the launcher (C) and the sidecar (Go) into build/
 #   make demo       a local WireGuard peer and a wrapped program talking through it
-#   make test       everything: go test, then pytest (unit, property, end to end)
+#   make test       everything: go vet + go test, ruff + mypy, then pytest (unit, property, end to end)
 #   make install    PREFIX=/usr/local DESTDIR= BINDIR= LIBEXECDIR= PYTHON=
 # Quiet unless V=1.
 
@@ -61,13 +61,13 @@ test-go:
 test-py: stage
 	$(Q)$(STAGE)/venv/bin/python -m pytest $(PYTEST_ARGS)
 
-test: test-go test-py
+test: test-go lint test-py
 
 demo: stage
 	$(Q)$(STAGE)/venv/bin/python -m wg_wrap demo
 
-lint:
-	$(Q)$(STAGE)/venv/bin/python -m ruff check wg_wrap tests
+lint: stage
+	$(Q)$(STAGE)/venv/bin/python -m ruff check wg_wrap tests scripts
 	$(Q)$(STAGE)/venv/bin/python -m mypy
 
 clean:

@@ -70,7 +70,8 @@ def stage() -> Stage:
 def test_user() -> User:
     if os.geteuid() != 0:
         pytest.fail(
-            "end-to-end tests run as root and drop to an unprivileged user; run `make test` as root",
+            "end-to-end tests run as root and drop to an unprivileged user; "
+            "run `make test` as root",
             pytrace=False,
         )
     try:
@@ -92,7 +93,9 @@ def test_user() -> User:
     return User(pw.pw_name, pw.pw_uid, pw.pw_gid)
 
 
-def user_env(runtime_dir: Path | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+def user_env(
+    runtime_dir: Path | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "HOME": "/nonexistent",

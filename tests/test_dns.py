@@ -26,7 +26,7 @@ def test_plain_file_layout_still_hides_resolver_daemons() -> None:
     layout = dns.HostLayout("/etc/resolv.conf", ("/run/systemd/resolve", "/run/nscd"))
     ops = dns.mount_ops(GEN, layout)
     assert ops[:2] == ["--tmpfs", "/run/systemd/resolve"]
-    assert ["--tmpfs", "/run/nscd"] == ops[ops.index("/run/nscd") - 1 : ops.index("/run/nscd") + 1]
+    assert ops[ops.index("/run/nscd") - 1 : ops.index("/run/nscd") + 1] == ["--tmpfs", "/run/nscd"]
     assert ops[-2:] == ["--bind", f"{GEN}:/etc/resolv.conf"]
 
 

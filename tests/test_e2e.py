@@ -43,7 +43,7 @@ def _net() -> Net:
 
 @pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
 def server(
-    request: pytest.FixtureRequest, stage: Stage, test_user: User, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, stage: Stage, test_user: User
 ) -> Iterator[Server]:
     import shutil
     import tempfile
@@ -95,8 +95,8 @@ def test_http_over_ipv4_and_ipv6_through_the_tunnel(
     conf = write_conf(user_tmp, test_user, server.client_config())
     net = server.net
     script = (
-        "curl -sS --max-time 10 http://{0}:{2}/ && curl -sS --max-time 10 http://[{1}]:{2}/"
-    ).format(net.server4, net.server6, HTTP_PORT)
+        f"curl -sS --max-time 10 http://{net.server4}:{HTTP_PORT}/ && curl -sS --max-time 10 http://[{net.server6}]:{HTTP_PORT}/"
+    )
     result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", script)
     assert result.returncode == 0, result.stderr
     assert f"the peer sees you as {net.client4}\n" in result.stdout
@@ -172,7 +172,8 @@ def test_exit_status_and_signals_pass_through(
     stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
 ) -> None:
     conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
-    assert wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", "exit 7").returncode == 7
+    seven = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", "exit 7")
+    assert seven.returncode == 7
     killed = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", "kill -TERM $$")
     assert killed.returncode == 128 + 15
     missing = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "no-such-program-here")
@@ -250,7 +251,7 @@ def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
                 assert not any(s in path.read_bytes() for s in secrets), path
         assert _sidecars_of(test_user, user_runtime_dir), "the sidecar should be running now"
     finally:
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     deadline = time.monotonic() + 3
     while _sidecars_of(test_user, user_runtime_dir) and time.monotonic() < deadline:
@@ -297,7 +298,8 @@ def test_tunnel_down_means_no_traffic_and_nothing_in_clear(
             f"        c.sendall(b'{marker}'); ok += 1\n"
             "    except OSError as e:\n"
             "        print('failed', dst, e)\n"
-            f"u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'{marker}', ('{net.v4}.1', 53))\n"
+            "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"u.sendto(b'{marker}', ('{net.v4}.1', 53))\n"
             "sys.exit(ok)\n"
         )
         result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, *_python(stage, code))

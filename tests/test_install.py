@@ -450,4 +450,5 @@ def test_make_install_with_the_system_interpreter_lands_on_its_sys_path(
     assert (destdir / prefix.lstrip("/") / "bin" / "wg-wrap").is_file()
     env = clean_env(PYTHONPATH=str(package.parent))
     found = run([python, "-c", PRINT_LIBEXEC], cwd=tmp_path, env=env)
-    assert Path(found.stdout.splitlines()[1]) == destdir / prefix.lstrip("/") / "libexec" / "wg-wrap"
+    libexec = destdir / prefix.lstrip("/") / "libexec" / "wg-wrap"
+    assert Path(found.stdout.splitlines()[1]) == libexec

@@ -130,7 +130,9 @@ def test_up_exec_ls_status_down(server: WgWrapServer, tool: Tool) -> None:
     ls = tool("ls")
     assert ls.returncode == 0, ls.stderr
     header, line = ls.stdout.splitlines()
-    assert header.split() == ["NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX"]
+    assert header.split() == [
+        "NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX",
+    ]
     fields = line.split()
     assert fields[:2] == ["wg0", "persistent"]
     assert int(fields[2]) in tool.sidecars()
@@ -256,7 +258,11 @@ def test_fifty_concurrent_runs_share_one_sidecar(server: WgWrapServer, tool: Too
         time.sleep(0.05)
     results = [p.communicate(timeout=10) for p in procs]
     last_exit = time.monotonic()
-    failures = [(p.returncode, err[-300:]) for p, (_, err) in zip(procs, results) if p.returncode]
+    failures = [
+        (p.returncode, err[-300:])
+        for p, (_, err) in zip(procs, results, strict=True)
+        if p.returncode
+    ]
     assert not failures, failures[:3]
     assert all(f"sees you as {server.net.client4}" in out for out, _ in results)
     starts = sum(err.count("wg-wrap-launcher create") for _, err in results)
@@ -272,7 +278,8 @@ def test_killed_sidecar_cuts_the_network_and_is_replaced(server: WgWrapServer, t
         "import socket, sys, time\n"
         "for i in range(40):\n"
         "    try:\n"
-        f"        socket.create_connection(('{server.net.server4}', {HTTP_PORT}), timeout=1).close()\n"
+        f"        c = socket.create_connection(('{server.net.server4}', {HTTP_PORT}), 1)\n"
+        "        c.close()\n"
         "        print('ok', flush=True)\n"
         "    except OSError as e:\n"
         "        print('fail', e.errno, flush=True)\n"

@@ -181,7 +181,6 @@ def _add_common(p: argparse.ArgumentParser, with_name: bool = True) -> None:
 
 
 def _add_network(p: argparse.ArgumentParser) -> None:
-    import argparse
 
     p.add_argument(
         "--dns", action="append", type=_dns_server, default=[], metavar="IP",

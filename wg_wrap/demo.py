@@ -8,7 +8,6 @@ client's tunnel address, which exists nowhere but inside the tunnel.
 
 from __future__ import annotations
 
-import os
 import select
 import shutil
 import signal

@@ -26,7 +26,7 @@ def log(line: str) -> None:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "wg-wrap-demo-peer"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         client = _plain(self.client_address[0])
         body = f"hello through the tunnel: the peer sees you as {client}\n".encode()
         log(f"http {client} {self.path}")
@@ -36,7 +36,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

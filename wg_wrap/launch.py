@@ -141,7 +141,9 @@ def start_sidecar(
         os.close(ready_r)
     start_time = process_start_time(process.pid)
     if start_time is None:
-        raise SetupError("the sidecar exited right after starting", hint=_log_hint(profile.log_path))
+        raise SetupError(
+            "the sidecar exited right after starting", hint=_log_hint(profile.log_path)
+        )
     return Sidecar(process.pid, start_time, os.pidfd_open(process.pid), process)
 
 

@@ -58,7 +58,7 @@ def configure(pidfd: int, plan: NetworkPlan, verbose: bool = False) -> None:
             message = ""
         except SetupError as e:
             status, message = 1, e.message
-        except BaseException as e:  # noqa: BLE001 - reported to the parent, never raised here
+        except BaseException as e:
             status, message = 1, f"{type(e).__name__}: {e}"
         os.write(write_end, json.dumps({"error": message}).encode())
         os._exit(status)

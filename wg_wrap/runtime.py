@@ -49,7 +49,9 @@ def _check_private_dir(path: str) -> None:
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise RuntimeDirError(f"{path} is not a directory (refusing a symlink or file there)")
     if st.st_uid != os.geteuid():
-        raise RuntimeDirError(f"{path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})")
+        raise RuntimeDirError(
+            f"{path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
+        )
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise RuntimeDirError(
             f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be private (0700)",
@@ -83,7 +85,7 @@ def base_dir(create: bool = True) -> str:
     return _make_private_dir(path)
 
 
-class locked:  # noqa: N801 - used like a function: `with locked(base):`
+class locked:
     """Serialize operations on the user's profiles (start, join, stop, cleanup).
 
     One lock for all profiles: the critical sections are short (a start takes

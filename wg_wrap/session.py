@@ -8,10 +8,8 @@ running or on disk.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import os
-
 import sys
 import time
 from collections.abc import Sequence
@@ -134,8 +132,10 @@ def start_profile(
         undo.callback(sidecar.close)
         undo.callback(sidecar.stop)
 
-        from wg_wrap import netns  # pyroute2 is only needed when starting
-        from wg_wrap import uapi
+        from wg_wrap import (
+            netns,  # pyroute2 is only needed when starting
+            uapi,
+        )
 
         plan = netns.NetworkPlan(
             ifname=IFNAME, mtu=mtu, addresses=cfg.interface.addresses,

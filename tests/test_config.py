@@ -699,18 +699,28 @@ def test_load_config_refuses_binary_files(tmp_path: Path, data: bytes, message: 
     assert str(info.value) == f"{path}: {message}"
 
 
-def test_load_config_refuses_directories_missing_files_and_fifos(tmp_path: Path) -> None:
+def test_load_config_refuses_directories_missing_files_and_devices(tmp_path: Path) -> None:
     cases = {
         str(tmp_path): "is a directory, not a config file",
         str(tmp_path / "nope.conf"): "no such file",
+        "/dev/null": "not a regular file or a pipe",
     }
-    fifo = tmp_path / "fifo.conf"
-    os.mkfifo(fifo)
-    cases[str(fifo)] = "not a regular file"
     for path, message in cases.items():
         with pytest.raises(ConfigError) as info:
             load_config(path)
         assert str(info.value) == f"{path}: {message}"
+
+
+def test_load_config_reads_a_pipe(tmp_path: Path) -> None:
+    """`-c <(pass show vpn/wg0)` keeps the private key off the disk."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, MULLVAD.encode())
+    os.close(write_end)
+    try:
+        config = load_config(f"/proc/self/fd/{read_end}")
+    finally:
+        os.close(read_end)
+    assert config == parse_config(MULLVAD)
 
 
 def test_load_config_refuses_unreadable_files(

@@ -757,8 +757,11 @@ def _read_small_file(shown: str) -> bytes:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise ConfigError(shown, None, "is a directory, not a config file")
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(shown, None, "not a regular file")
+        if stat.S_ISFIFO(info.st_mode):
+            # A pipe: `-c <(pass show vpn/wg0)` keeps the key off the disk.
+            os.set_blocking(fd, True)
+        elif not stat.S_ISREG(info.st_mode):
+            raise ConfigError(shown, None, "not a regular file or a pipe")
         if info.st_size > MAX_FILE_SIZE:
             raise ConfigError(
                 shown, None, f"file too large ({info.st_size} bytes; at most {MAX_FILE_SIZE})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -42,10 +43,22 @@ class Request:
 
     @property
     def profile_name(self) -> str:
-        return self.name or Path(self.config_path).stem
+        if self.name:
+            return self.name
+        try:
+            is_file = stat.S_ISREG(os.stat(self.config_path).st_mode)
+        except OSError:
+            is_file = True  # load() reports what is wrong with it
+        if not is_file:
+            raise ProfileError(
+                f"{self.config_path} is not a file, so it names no profile",
+                hint="name the profile with -n NAME, e.g. -n wg0",
+            )
+        return Path(self.config_path).stem
 
 
 def load(request: Request) -> wgconfig.Config:
+    runtime.check_profile_name(request.profile_name)  # before a pipe is read
     cfg = wgconfig.load_config(request.config_path)
     for warning in cfg.warnings:
         warn(str(warning))

@@ -89,7 +89,7 @@ func startSidecar(t *testing.T, dir, name string, extraArgs ...string) *sidecarP
 		Pdeathsig:   syscall.SIGKILL,
 	}
 	if err := s.cmd.Start(); err != nil {
-		t.Skipf("cannot start a process in new user+net namespaces: %v", err)
+		t.Fatalf("cannot start a process in new user+net namespaces (unprivileged user namespaces must be enabled): %v", err)
 	}
 	// The sidecar owns them now (the socket's O_NONBLOCK is shared anyway).
 	sock.Close()
@@ -220,11 +220,11 @@ func TestTwoSidecarsPingThroughTheTunnel(t *testing.T) {
 	}
 	for _, tool := range []string{"python3", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not available", tool)
+			t.Fatalf("%s is needed by this test and missing: %v", tool, err)
 		}
 	}
 	if f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0); err != nil {
-		t.Skipf("/dev/net/tun: %v", err)
+		t.Fatalf("/dev/net/tun must be usable (mode 0666): %v", err)
 	} else {
 		f.Close()
 	}

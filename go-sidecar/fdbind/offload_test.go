@@ -144,12 +144,12 @@ func TestKernelSeesOneGSOSend(t *testing.T) {
 	}
 	defer tx.Release()
 	if !tx.txOffload {
-		t.Skip("kernel lacks UDP_SEGMENT")
+		t.Fatal("the kernel lacks UDP_SEGMENT (GSO, Linux >= 4.18): this test needs it")
 	}
 	openBind(t, tx)
 	peer := newPeerSocket(t, lo4)
 	if err := unix.SetsockoptInt(peer.fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1); err != nil {
-		t.Skipf("UDP_GRO: %v", err)
+		t.Fatalf("the kernel refuses UDP_GRO (Linux >= 5.0 needed): %v", err)
 	}
 	bufs := [][]byte{packet(500, 1), packet(500, 2), packet(500, 3)}
 	ep, _ := tx.ParseEndpoint(peer.addr.String())

@@ -74,7 +74,7 @@ func TestOthersInNetnsOnRealProc(t *testing.T) {
 		Pdeathsig:   syscall.SIGKILL,
 	}
 	if err := cmd.Start(); err != nil {
-		t.Skipf("cannot create user+net namespaces here: %v", err)
+		t.Fatalf("cannot create user+net namespaces here (unprivileged user namespaces must be enabled): %v", err)
 	}
 	defer func() {
 		cmd.Process.Kill()

@@ -1,0 +1,416 @@
+"""End to end: the terminal and signals of `wg-wrap run`.
+
+`run_joined` (wg_wrap/launch.py) promises: the wrapped command stays in
+wg-wrap's process group and owns the terminal; signals the terminal sends
+reach it directly, once (not relayed a second time); signals sent to the
+wg-wrap process with kill are relayed; wg-wrap exits with the command's
+status (128+N when it was killed by signal N).  Each test runs the real tool
+as the unprivileged user, on a real pty where a terminal matters, and checks
+that nothing is left running or on disk afterwards.
+
+No peer is needed: the namespace, the sidecar and the join do not depend on
+a handshake.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Stage, User, as_user_argv, user_env
+from peers import Keys, Net, client_config, free_udp_port
+
+pytestmark = pytest.mark.e2e
+
+_nets = itertools.count(90)
+SI_USER = 0  # kill(2)
+SI_KERNEL = 0x80  # sent by the kernel: what a terminal's ^C / ^\ produce
+CLEANUP_WAIT = 3.0
+# What launch.run_joined promises to relay (spelled out: a test of its own).
+RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+           signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _net() -> Net:
+    n = next(_nets)
+    return Net(v4=f"10.{n}.0", v6=f"fd00:{n}::")
+
+
+@pytest.fixture
+def conf(test_user: User, user_tmp: Path) -> Path:
+    path = user_tmp / "term.conf"
+    path.write_text(client_config(Keys(), _net(), free_udp_port(), dns=False))
+    os.chown(path, test_user.uid, test_user.gid)
+    path.chmod(0o600)
+    return path
+
+
+# --- processes and cleanup ------------------------------------------------------
+
+
+def _sidecars_of(user: User, runtime_dir: Path) -> set[int]:
+    """The user's sidecars serving profiles under runtime_dir (other tests
+    may run sidecars of their own meanwhile)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != user.uid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if b"wg-wrap-sidecar" in argv[0] and any(
+                    a.startswith(bytes(runtime_dir)) for a in argv):
+                found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _profiles_in(runtime_dir: Path) -> list[Path]:
+    base = runtime_dir / "wg-wrap"
+    return list(base.iterdir()) if base.is_dir() else []
+
+
+def assert_nothing_left(user: User, runtime_dir: Path) -> None:
+    """No sidecar runs for runtime_dir and no profile directory remains, within 3 s."""
+    deadline = time.monotonic() + CLEANUP_WAIT
+    while _sidecars_of(user, runtime_dir) or _profiles_in(runtime_dir):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not _sidecars_of(user, runtime_dir), "sidecar left running"
+    assert _profiles_in(runtime_dir) == [], "runtime state left behind"
+
+
+@pytest.fixture
+def leftovers(test_user: User, user_runtime_dir: Path) -> Iterator[Callable[[], None]]:
+    """Call the yielded function at the end of a test to prove the cleanup."""
+    yield lambda: assert_nothing_left(test_user, user_runtime_dir)
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+# --- reading with deadlines -----------------------------------------------------
+
+
+def read_until(fd: int, needle: bytes | None, timeout: float, sofar: bytes = b"") -> bytes:
+    """Read fd until ``needle`` appears (None: until EOF) or the time is up.
+
+    EOF on a pty master is EIO once every slave fd is closed.
+    """
+    data = sofar
+    deadline = time.monotonic() + timeout
+    while needle is None or needle not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            chunk = b""
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class OnPty:
+    """``wg-wrap run`` as the user, session leader with a pty as its controlling
+    terminal and as stdin/stdout/stderr: what an interactive shell gives it."""
+
+    def __init__(self, stage: Stage, user: User, runtime: Path, conf: Path, *command: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        argv = stage.wg_wrap("run", "-c", str(conf), "--", *command)
+        try:
+            # setsid(1) without --fork does not fork (Popen's child is no group
+            # leader): the pid stays wg-wrap's through setsid, setpriv, python.
+            self.proc = subprocess.Popen(
+                ["setsid", "--ctty", *as_user_argv(user, argv)],
+                stdin=slave, stdout=slave, stderr=slave,
+                env=user_env(runtime, env), cwd="/",
+            )
+        finally:
+            os.close(slave)
+        self.output = b""
+
+    def expect(self, needle: bytes, timeout: float = 20) -> None:
+        self.output = read_until(self.master, needle, timeout, self.output)
+        assert needle in self.output, self.output.decode(errors="replace")
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def finish(self, timeout: float = 20) -> int:
+        """Read to EOF, return wg-wrap's exit status."""
+        self.output = read_until(self.master, None, timeout, self.output)
+        return _wait(self.proc, timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+
+@pytest.fixture
+def on_pty(stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path
+           ) -> Iterator[Callable[..., OnPty]]:
+    started: list[OnPty] = []
+
+    def start(*command: str, env: dict[str, str] | None = None) -> OnPty:
+        p = OnPty(stage, test_user, user_runtime_dir, conf, *command, env=env)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+
+
+# The wrapped command: wait (bounded) for one kind of signal, report each
+# arrival with its origin (si_code, si_pid), then exit with a chosen status.
+# The signal is blocked, so it can never kill the command, and taken by
+# polling sigtimedwait without sleeping, to dequeue it at once: a standard
+# signal that arrives while the same one is pending is lost, and a duplicate
+# should show up as a second line within the second after the first.
+# argv: SIGNAME STATUS FIRST_WAIT [leave-group]
+SIGNAL_REPORTER = """\
+import os, signal, sys, time
+sig = signal.Signals[sys.argv[1]]
+signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+if sys.argv[4:] == ["leave-group"]:
+    os.setpgid(0, 0)
+print("armed", flush=True)
+got = []
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    info = signal.sigtimedwait({sig}, 0)
+    if info is not None:
+        got.append(info)
+        deadline = min(deadline, time.monotonic() + 1.0)
+for info in got:
+    print(f"got {signal.Signals(info.si_signo).name} code={info.si_code} pid={info.si_pid}")
+print(f"count={len(got)}", flush=True)
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def _reporter(stage: Stage, signame: str, status: int, first_wait: float = 20,
+              *extra: str) -> tuple[str, ...]:
+    return (str(stage.python), "-c", SIGNAL_REPORTER, signame, str(status), str(first_wait), *extra)
+
+
+def _report(text: str) -> list[str]:
+    # On a pty the echoed "^C" may precede the first line.
+    return re.findall(r"got SIG\w+ code=\d+ pid=\d+|count=\d+", text)
+
+
+# --- on a terminal ----------------------------------------------------------------
+
+
+def test_interactive_shell_on_a_pty_owns_the_terminal_and_returns_its_status(
+    on_pty: Callable[..., OnPty], leftovers: Callable[[], None]
+) -> None:
+    shell = on_pty("sh")
+    shell.expect(b"$ ")  # dash's prompt: it runs interactively on the pty
+    shell.write(b"tty; echo inside-$((6*7)); exit 5\n")
+    status = shell.finish()
+    assert "/dev/pts/" in shell.text, shell.text
+    assert "not a tty" not in shell.text
+    # dash says "can't access tty; job control turned off" without a controlling terminal.
+    assert "job control turned off" not in shell.text, shell.text
+    assert "inside-42" in shell.text, shell.text  # the echoed input only has $((6*7))
+    assert status == 5, shell.text
+    leftovers()
+
+
+def test_command_stays_in_wg_wraps_process_group_in_the_foreground(
+    on_pty: Callable[..., OnPty], leftovers: Callable[[], None]
+) -> None:
+    cat = on_pty("cat", "/proc/self/stat")
+    status = cat.finish()
+    assert status == 0, cat.text
+    wg_wrap_pid = cat.proc.pid  # session and group leader: setsid(1), then exec
+    fields = cat.text.strip().rsplit(")", 1)[1].split()
+    ppid, pgrp, session, tty_nr, tpgid = (int(f) for f in fields[1:6])
+    assert ppid == wg_wrap_pid  # the launcher exec'd the command
+    assert pgrp == wg_wrap_pid, "the command must stay in wg-wrap's process group"
+    assert session == wg_wrap_pid
+    assert tty_nr != 0, "the command must have the terminal as controlling terminal"
+    assert tpgid == wg_wrap_pid, "wg-wrap's group (hence the command) must be the foreground"
+    leftovers()
+
+
+TERMINAL_KEYS = pytest.mark.parametrize(
+    ("key", "signame"), [(b"\x03", "SIGINT"), (b"\x1c", "SIGQUIT")],
+    ids=["ctrl-c", "ctrl-backslash"],
+)
+
+
+@TERMINAL_KEYS
+def test_terminal_signal_reaches_the_command_directly_once(
+    on_pty: Callable[..., OnPty], stage: Stage, leftovers: Callable[[], None],
+    key: bytes, signame: str,
+) -> None:
+    command = on_pty(*_reporter(stage, signame, 3))
+    command.expect(b"armed")
+    command.write(key)
+    status = command.finish()
+    # Sent by the terminal (SI_KERNEL), not by wg-wrap relaying it (SI_USER).
+    expected = [f"got {signame} code={SI_KERNEL} pid=0", "count=1"]
+    assert _report(command.text) == expected, command.text
+    assert status == 3, command.text
+    leftovers()
+
+
+@TERMINAL_KEYS
+def test_terminal_signal_is_not_relayed_by_wg_wrap(
+    on_pty: Callable[..., OnPty], stage: Stage, leftovers: Callable[[], None],
+    key: bytes, signame: str,
+) -> None:
+    # The command leaves the foreground process group: the terminal's signal
+    # now reaches wg-wrap alone, so whatever the command gets was relayed.
+    # (When the command stays in the group, a relayed copy arriving while the
+    # terminal's is still pending merges with it and cannot be counted.)
+    command = on_pty(*_reporter(stage, signame, 4, 3.0, "leave-group"))
+    command.expect(b"armed")
+    command.write(key)
+    status = command.finish()
+    assert _report(command.text) == ["count=0"], command.text
+    assert status == 4, command.text  # and wg-wrap survived it, waiting for the command
+    leftovers()
+
+
+def test_interactive_top_runs_inside_and_quits(
+    on_pty: Callable[..., OnPty], leftovers: Callable[[], None]
+) -> None:
+    # Interactive top puts the terminal in raw mode (tcsetattr): a command not
+    # in the terminal's foreground group would be stopped by SIGTTOU and hang.
+    top = on_pty("top", "-d", "0.5", env={"TERM": "xterm"})
+    top.expect(b"load average")
+    top.expect(b"PID")
+    top.write(b"q")
+    status = top.finish()
+    assert status == 0, top.text
+    leftovers()
+
+
+def test_top_batch_mode_exits_zero(
+    stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
+    leftovers: Callable[[], None],
+) -> None:
+    result = subprocess.run(
+        as_user_argv(test_user, stage.wg_wrap("run", "-c", str(conf), "--", "top", "-bn1")),
+        env=user_env(user_runtime_dir), cwd="/", capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "load average" in result.stdout and "PID" in result.stdout
+    leftovers()
+
+
+# --- signals sent to the wg-wrap process --------------------------------------------
+
+
+def _start_piped(stage: Stage, user: User, runtime: Path, conf: Path, *command: str
+                 ) -> subprocess.Popen[bytes]:
+    # A session of its own: nothing from pytest's terminal reaches it.
+    return subprocess.Popen(
+        as_user_argv(user, stage.wg_wrap("run", "-c", str(conf), "--", *command)),
+        env=user_env(runtime), cwd="/", stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+
+
+def _expect_armed(proc: subprocess.Popen[bytes]) -> bytes:
+    assert proc.stdout is not None
+    out = read_until(proc.stdout.fileno(), b"armed", 20)
+    if b"armed" not in out:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=10)
+        pytest.fail(f"the command did not start (status {proc.returncode}): {out!r} {err!r}")
+    return out
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("signame", [s.name for s in RELAYED])
+def test_signal_sent_to_wg_wrap_is_relayed_to_the_command_once(
+    stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
+    leftovers: Callable[[], None], signame: str,
+) -> None:
+    proc = _start_piped(stage, test_user, user_runtime_dir, conf,
+                        *_reporter(stage, signame, 0, 5.0))
+    try:
+        out = _expect_armed(proc)
+        # The leftover check below looks for this sidecar: it must see it now.
+        assert _sidecars_of(test_user, user_runtime_dir), "the sidecar should be running"
+        # setpriv execs: the Popen pid is the wg-wrap Python process itself.
+        os.kill(proc.pid, signal.Signals[signame])
+        out = read_until(proc.stdout.fileno(), None, 20, out)
+        status = _wait(proc, 20)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        _stop(proc)
+    text = out.decode(errors="replace")
+    # kill(2) from wg-wrap: SI_USER, and wg-wrap's pid as the sender.
+    assert _report(text) == [f"got {signame} code={SI_USER} pid={proc.pid}", "count=1"], (
+        text + err.decode(errors="replace"))
+    assert status == 0
+    leftovers()
+
+
+@pytest.mark.parametrize(
+    ("signame", "status"), [("SIGHUP", 129), ("SIGTERM", 143), ("SIGUSR1", 138)]
+)
+def test_untrapped_command_killed_by_relayed_signal_gives_128_plus_n(
+    stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
+    leftovers: Callable[[], None], signame: str, status: int,
+) -> None:
+    proc = _start_piped(stage, test_user, user_runtime_dir, conf,
+                        "sh", "-c", "echo armed; exec sleep 30")
+    started = time.monotonic()
+    try:
+        _expect_armed(proc)
+        os.kill(proc.pid, signal.Signals[signame])
+        assert _wait(proc, 10) == status
+    finally:
+        _stop(proc)
+    assert time.monotonic() - started < 20, "the command was not killed: sleep ran out"
+    leftovers()

@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
 
+    sub.add_parser(
+        "doctor", help="check that this machine can run wg-wrap, and say how to fix it",
+        description="Checks the helper programs, /dev/net/tun, unprivileged user namespaces, "
+        "a TUN device inside them, the runtime directory, the host's resolver and IPv6; "
+        "prints a fix for each problem. Exit status 1 if anything needed is missing.",
+    )
+
     demo = sub.add_parser(
         "demo",
         help="show wg-wrap working with no VPN account (a local peer on 127.0.0.1)",
@@ -248,6 +255,10 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.action == "down":
         print(session.down(args.name, force=args.force, verbose=args.verbose))
         return 0
+    if args.action == "doctor":
+        from wg_wrap import doctor
+
+        return doctor.main()
     if args.action == "demo":
         from wg_wrap import demo
 

@@ -136,18 +136,18 @@ def start_sidecar(
         os.close(log_fd)
         host_socket.close()
     try:
-        _wait_ready(ready_r, process, profile.log_path)
+        _wait_ready(ready_r, process, profile.log_path, verbose)
     finally:
         os.close(ready_r)
     start_time = process_start_time(process.pid)
     if start_time is None:
         raise SetupError(
-            "the sidecar exited right after starting", hint=_log_hint(profile.log_path)
+            "the sidecar exited right after starting", hint=_failure_hint("", verbose)
         )
     return Sidecar(process.pid, start_time, os.pidfd_open(process.pid), process)
 
 
-def _wait_ready(fd: int, process: subprocess.Popen[bytes], log_path: str) -> None:
+def _wait_ready(fd: int, process: subprocess.Popen[bytes], log_path: str, verbose: bool) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     data = b""
     while b"\n" not in data:
@@ -156,9 +156,10 @@ def _wait_ready(fd: int, process: subprocess.Popen[bytes], log_path: str) -> Non
         if not ready:
             process.kill()
             process.wait()
+            _show_log(log_path, verbose)
             raise SetupError(
                 f"the sidecar did not become ready within {READY_TIMEOUT:.0f} s",
-                hint=_log_hint(log_path),
+                hint=_failure_hint("", verbose),
             )
         chunk = os.read(fd, 4096)
         if not chunk:
@@ -168,8 +169,11 @@ def _wait_ready(fd: int, process: subprocess.Popen[bytes], log_path: str) -> Non
     if line == "READY":
         return
     process.wait()
+    _show_log(log_path, verbose)
     reason = line.removeprefix("ERROR ").strip() if line else _last_line(log_path)
-    raise SetupError(f"starting the sidecar: {reason or 'it exited'}", hint=_log_hint(log_path))
+    raise SetupError(
+        f"starting the sidecar: {reason or 'it exited'}", hint=_failure_hint(reason, verbose)
+    )
 
 
 def _last_line(path: str) -> str:
@@ -181,8 +185,27 @@ def _last_line(path: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _log_hint(path: str) -> str:
-    return f"details in {path}; run with -v for more"
+def _show_log(path: str, verbose: bool) -> None:
+    """With -v, the sidecar's log before the failed start is cleaned up."""
+    if not verbose:
+        return
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return
+    for line in text.strip().splitlines()[-20:]:
+        os.write(2, f"wg-wrap: [sidecar.log] {line}\n".encode())
+
+
+def _failure_hint(reason: str, verbose: bool) -> str:
+    from wg_wrap import doctor
+
+    specific = doctor.hint_for(reason)
+    if specific:
+        return specific
+    more = "" if verbose else "run with -v to see the sidecar's log; "
+    return more + "`wg-wrap doctor` checks what wg-wrap needs from this machine"
 
 
 def join_argv(sidecar: Sidecar, command: Sequence[str]) -> list[str]:

@@ -9,6 +9,7 @@ with wg-wrap installed by ``make install`` into it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -135,25 +136,51 @@ def run_as_user(
     )
 
 
-@pytest.fixture
-def user_runtime_dir(test_user: User) -> Iterator[Path]:
-    """A fresh XDG_RUNTIME_DIR (0700, owned by the test user)."""
-    path = Path(tempfile.mkdtemp(prefix="wg-wrap-xdg-"))
-    os.chown(path, test_user.uid, test_user.gid)
+@contextlib.contextmanager
+def private_dir(user: User, prefix: str) -> Iterator[Path]:
+    """A fresh 0700 directory owned by the test user, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chown(path, user.uid, user.gid)
     path.chmod(0o700)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def user_runtime_dir(test_user: User) -> Iterator[Path]:
+    """A fresh XDG_RUNTIME_DIR (0700, owned by the test user)."""
+    with private_dir(test_user, "wg-wrap-xdg-") as path:
+        yield path
 
 
 @pytest.fixture
 def user_tmp(test_user: User) -> Iterator[Path]:
     """A scratch directory the test user can read and write (configs go here)."""
-    path = Path(tempfile.mkdtemp(prefix="wg-wrap-test-"))
-    os.chown(path, test_user.uid, test_user.gid)
-    path.chmod(0o700)
-    try:
+    with private_dir(test_user, "wg-wrap-test-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+
+
+def sidecars_of(user: User, runtime_dir: Path) -> set[int]:
+    """The user's sidecars serving profiles under runtime_dir.
+
+    Other tests (and the wg-wrap server peer) run sidecars as the same user:
+    only those whose arguments name this runtime directory count.
+    """
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != user.uid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"wg-wrap-sidecar") and any(
+            a.startswith(bytes(runtime_dir)) for a in argv
+        ):
+            found.add(int(entry))
+    return found

@@ -147,11 +147,16 @@ class Server:
 class WgWrapServer(Server):
     name = "wg-wrap"
 
-    def __init__(self, stage: object, user: object, workdir: Path, runtime_dir: Path,
-                 net: Net) -> None:
+    def __init__(self, stage: object, user: object, net: Net) -> None:
         from conftest import as_user_argv, user_env
 
         self.net, self.keys, self.port = net, Keys(), free_udp_port()
+        # Its own config and runtime directories, private to the test user.
+        self._dirs = [Path(tempfile.mkdtemp(prefix="wg-wrap-server-")) for _ in range(2)]
+        for d in self._dirs:
+            os.chown(d, user.uid, user.gid)  # type: ignore[attr-defined]
+            d.chmod(0o700)
+        workdir, runtime_dir = self._dirs
         conf = workdir / "server.conf"
         conf.write_text(
             "[Interface]\n"
@@ -192,6 +197,8 @@ class WgWrapServer(Server):
         for stream in (self.process.stdout, self.process.stderr):
             if stream:
                 stream.close()
+        for d in self._dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class StockServer(Server):

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, as_user_argv, run_as_user, user_env
+from conftest import Stage, User, as_user_argv, run_as_user, sidecars_of, user_env
 from peers import Keys, Net, client_config, free_udp_port
 
 pytestmark = pytest.mark.e2e
@@ -57,24 +57,6 @@ def write_conf(user_tmp: Path, user: User, dns: str | None) -> Path:
 # --- cleanup and the real host ------------------------------------------------------
 
 
-def _sidecars_for(user: User, runtime_dir: Path) -> set[int]:
-    """The user's sidecars serving profiles under runtime_dir."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != user.uid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"wg-wrap-sidecar" in argv[0] and any(a.startswith(bytes(runtime_dir)) for a in argv):
-            found.add(int(entry))
-    return found
-
-
 def assert_nothing_left(user: User, runtime_dir: Path) -> None:
     base = runtime_dir / "wg-wrap"
 
@@ -82,9 +64,9 @@ def assert_nothing_left(user: User, runtime_dir: Path) -> None:
         return list(base.iterdir()) if base.is_dir() else []
 
     deadline = time.monotonic() + CLEANUP_WAIT
-    while (_sidecars_for(user, runtime_dir) or profiles()) and time.monotonic() < deadline:
+    while (sidecars_of(user, runtime_dir) or profiles()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _sidecars_for(user, runtime_dir), "sidecar left running"
+    assert not sidecars_of(user, runtime_dir), "sidecar left running"
     assert profiles() == [], "runtime state left behind"
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, run_as_user, user_env
+from conftest import Stage, User, run_as_user, sidecars_of, user_env
 from peers import (
     DNS_NAME,
     HTTP_PORT,
@@ -45,22 +45,12 @@ def _net() -> Net:
 def server(
     request: pytest.FixtureRequest, stage: Stage, test_user: User
 ) -> Iterator[Server]:
-    import shutil
-    import tempfile
-
     if request.param == "wg-wrap":
-        workdir = Path(tempfile.mkdtemp(prefix="wg-wrap-srv-"))
-        runtime = Path(tempfile.mkdtemp(prefix="wg-wrap-srvrt-"))
-        for d in (workdir, runtime):
-            os.chown(d, test_user.uid, test_user.gid)
-            d.chmod(0o700)
-        srv: Server = WgWrapServer(stage, test_user, workdir, runtime, _net())
+        srv: Server = WgWrapServer(stage, test_user, _net())
         try:
             yield srv
         finally:
             srv.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
-            shutil.rmtree(runtime, ignore_errors=True)
     else:
         srv = StockServer(stage, _net())
         try:
@@ -140,21 +130,11 @@ def test_udp_round_trip(
 
 @pytest.fixture
 def wgwrap_server(stage: Stage, test_user: User) -> Iterator[Server]:
-    import shutil
-    import tempfile
-
-    workdir = Path(tempfile.mkdtemp(prefix="wg-wrap-srv-"))
-    runtime = Path(tempfile.mkdtemp(prefix="wg-wrap-srvrt-"))
-    for d in (workdir, runtime):
-        os.chown(d, test_user.uid, test_user.gid)
-        d.chmod(0o700)
-    srv = WgWrapServer(stage, test_user, workdir, runtime, _net())
+    srv = WgWrapServer(stage, test_user, _net())
     try:
         yield srv
     finally:
         srv.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def test_inside_only_lo_and_the_tunnel_exist(
@@ -196,24 +176,6 @@ def test_runs_with_the_callers_identity_and_no_capabilities(
     assert caps and all(int(v, 16) == 0 for v in caps.values()), caps
 
 
-def _sidecars_of(user: User, runtime: Path) -> list[int]:
-    """The user's sidecars serving profiles in one runtime directory."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != user.uid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            if b"wg-wrap-sidecar" in argv[0] and any(a.startswith(bytes(runtime)) for a in argv):
-                found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
     wgwrap_server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
 ) -> None:
@@ -249,14 +211,14 @@ def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
         for path in (user_runtime_dir / "wg-wrap").rglob("*"):
             if path.is_file():
                 assert not any(s in path.read_bytes() for s in secrets), path
-        assert _sidecars_of(test_user, user_runtime_dir), "the sidecar should be running now"
+        assert sidecars_of(test_user, user_runtime_dir), "the sidecar should be running now"
     finally:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     deadline = time.monotonic() + 3
-    while _sidecars_of(test_user, user_runtime_dir) and time.monotonic() < deadline:
+    while sidecars_of(test_user, user_runtime_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _sidecars_of(test_user, user_runtime_dir), "sidecar left running"
+    assert not sidecars_of(test_user, user_runtime_dir), "sidecar left running"
     assert list((user_runtime_dir / "wg-wrap").iterdir()) == [], "runtime state left behind"
 
 

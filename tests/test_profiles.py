@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, as_user_argv, run_as_user, user_env
+from conftest import Stage, User, as_user_argv, run_as_user, sidecars_of, user_env
 from peers import HTTP_PORT, Keys, Net, WgWrapServer, client_config, free_udp_port
 
 pytestmark = pytest.mark.e2e
@@ -30,17 +28,11 @@ def _net() -> Net:
 
 @pytest.fixture
 def server(stage: Stage, test_user: User) -> Iterator[WgWrapServer]:
-    dirs = [Path(tempfile.mkdtemp(prefix="wg-wrap-srv-")) for _ in range(2)]
-    for d in dirs:
-        os.chown(d, test_user.uid, test_user.gid)
-        d.chmod(0o700)
-    srv = WgWrapServer(stage, test_user, dirs[0], dirs[1], _net())
+    srv = WgWrapServer(stage, test_user, _net())
     try:
         yield srv
     finally:
         srv.stop()
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 class Tool:
@@ -75,20 +67,7 @@ class Tool:
 
     def sidecars(self) -> set[int]:
         """Sidecars of this runtime directory's profiles."""
-        found = set()
-        for entry in os.listdir("/proc"):
-            try:
-                if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == self.user.uid:
-                    with open(f"/proc/{entry}/cmdline", "rb") as f:
-                        argv = f.read().split(b"\0")
-                    # Ours, not the server peer's (same user, other runtime dir).
-                    if argv[0].endswith(b"wg-wrap-sidecar") and any(
-                        a.startswith(bytes(self.runtime)) for a in argv
-                    ):
-                        found.add(int(entry))
-            except OSError:
-                continue
-        return found
+        return sidecars_of(self.user, self.runtime)
 
     def wait_gone(self, timeout: float) -> bool:
         """True once no sidecar and no profile directory is left."""

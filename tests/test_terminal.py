@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, as_user_argv, user_env
+from conftest import Stage, User, as_user_argv, sidecars_of, user_env
 from peers import Keys, Net, client_config, free_udp_port
 
 pytestmark = pytest.mark.e2e
@@ -60,26 +60,6 @@ def conf(test_user: User, user_tmp: Path) -> Path:
 # --- processes and cleanup ------------------------------------------------------
 
 
-def _sidecars_of(user: User, runtime_dir: Path) -> set[int]:
-    """The user's sidecars serving profiles under runtime_dir (other tests
-    may run sidecars of their own meanwhile)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != user.uid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            if b"wg-wrap-sidecar" in argv[0] and any(
-                    a.startswith(bytes(runtime_dir)) for a in argv):
-                found.add(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 def _profiles_in(runtime_dir: Path) -> list[Path]:
     base = runtime_dir / "wg-wrap"
     return list(base.iterdir()) if base.is_dir() else []
@@ -88,11 +68,11 @@ def _profiles_in(runtime_dir: Path) -> list[Path]:
 def assert_nothing_left(user: User, runtime_dir: Path) -> None:
     """No sidecar runs for runtime_dir and no profile directory remains, within 3 s."""
     deadline = time.monotonic() + CLEANUP_WAIT
-    while _sidecars_of(user, runtime_dir) or _profiles_in(runtime_dir):
+    while sidecars_of(user, runtime_dir) or _profiles_in(runtime_dir):
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert not _sidecars_of(user, runtime_dir), "sidecar left running"
+    assert not sidecars_of(user, runtime_dir), "sidecar left running"
     assert _profiles_in(runtime_dir) == [], "runtime state left behind"
 
 
@@ -380,7 +360,7 @@ def test_signal_sent_to_wg_wrap_is_relayed_to_the_command_once(
     try:
         out = _expect_armed(proc)
         # The leftover check below looks for this sidecar: it must see it now.
-        assert _sidecars_of(test_user, user_runtime_dir), "the sidecar should be running"
+        assert sidecars_of(test_user, user_runtime_dir), "the sidecar should be running"
         # setpriv execs: the Popen pid is the wg-wrap Python process itself.
         os.kill(proc.pid, signal.Signals[signame])
         out = read_until(proc.stdout.fileno(), None, 20, out)

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import ipaddress
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from wg_wrap.config import IPInterface as Address
+from wg_wrap.config import IPNetwork as Network
 from wg_wrap.errors import SetupError
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 IFA_F_NODAD = 0x02
-MAIN_TABLE = 254
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
 Both run with the same interpreter, interleaved in one invocation (machines
 are noisy: a baseline measured side by side is the only fair one).  A
 persistent profile is started for the duration (`up --no-wait`: no peer is
-needed to join a namespace) and stopped at the end.
+needed to join a namespace) and stopped at the end.  For scale, it also times
+a cold `wg-wrap run -c FILE -- true` (namespaces, sidecar, network setup and
+teardown each time; a tenth as many runs).
 
     python scripts/bench_join.py [--runs 200]
 
@@ -22,10 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from wg_wrap import keys  # noqa: E402
+from wg_wrap import keys  # the installed package, from the interpreter running this
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -66,11 +65,14 @@ def main() -> int:
                 timed(join, env)
                 timed(join_m, env)
                 timed(base, env)
-            joins, joins_m, bases = [], [], []
-            for _ in range(args.runs):
+            cold = [str(script), "run", "-n", f"{name}-cold", "-c", str(conf), "--", "true"]
+            joins, joins_m, bases, colds = [], [], [], []
+            for i in range(args.runs):
                 joins.append(timed(join, env))
                 joins_m.append(timed(join_m, env))
                 bases.append(timed(base, env))
+                if i % 10 == 0:
+                    colds.append(timed(cold, env))
         finally:
             subprocess.run([*wg_wrap, "down", "--force", name], env=env, check=True,
                            stdout=subprocess.DEVNULL)
@@ -80,6 +82,7 @@ def main() -> int:
         ("python -c pass", bases),
         ("wg-wrap exec NAME -- true", joins),
         ("python -m wg_wrap exec NAME -- true", joins_m),
+        ("wg-wrap run -c FILE -- true (cold)", colds),
     ):
         deciles = statistics.quantiles(xs, n=10)
         print(f"{label:36} median {statistics.median(xs) * 1000:6.1f} ms"

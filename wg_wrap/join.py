@@ -90,6 +90,8 @@ def finish(attached: Attached, verbose: bool) -> None:
     attached.release()
     sidecar = attached.sidecar
     try:
+        if attached.mode == "ephemeral":
+            sidecar.poke()  # check now whether we were the last one
         if attached.mode == "ephemeral" and sidecar.exited(EPHEMERAL_EXIT_WAIT):
             base = os.path.dirname(attached.profile.dir)
             with runtime.locked(base):

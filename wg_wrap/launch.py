@@ -54,6 +54,13 @@ class Sidecar:
             self.process.wait()  # reap: a zombie still shows up in /proc
         return bool(ready)
 
+    def poke(self) -> None:
+        """Ask an ephemeral sidecar to check now whether it is still used."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+
     def stop(self, grace: float = 3.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds."""
         try:

@@ -71,10 +71,12 @@ func (h *Hold) Unused() (bool, error) {
 	return true, nil
 }
 
-// Watch checks Unused every interval until it is true (then it closes the
-// returned channel) or stop is closed. Errors are passed to logf and the
-// check is retried at the next tick.
-func (h *Hold) Watch(interval time.Duration, stop <-chan struct{}, logf func(string, ...any)) <-chan struct{} {
+// Watch checks Unused every interval, and at once on each value from poke
+// (the last wrapper to leave sends SIGUSR1, so an ended profile need not
+// wait for the next tick), until it is true (then it closes the returned
+// channel) or stop is closed. Errors are passed to logf and the check is
+// retried at the next tick.
+func (h *Hold) Watch(interval time.Duration, poke <-chan os.Signal, stop <-chan struct{}, logf func(string, ...any)) <-chan struct{} {
 	unused := make(chan struct{})
 	go func() {
 		ticker := time.NewTicker(interval)
@@ -84,6 +86,7 @@ func (h *Hold) Watch(interval time.Duration, stop <-chan struct{}, logf func(str
 			case <-stop:
 				return
 			case <-ticker.C:
+			case <-poke:
 			}
 			done, err := h.Unused()
 			if err != nil {

@@ -194,7 +194,7 @@ func TestWatchSignalsWhenUnused(t *testing.T) {
 	w := wrapperLock(t, path)
 	stop := make(chan struct{})
 	defer close(stop)
-	unused := h.Watch(10*time.Millisecond, stop, t.Logf)
+	unused := h.Watch(10*time.Millisecond, nil, stop, t.Logf)
 	select {
 	case <-unused:
 		t.Fatal("Watch fired while a wrapper was attached")
@@ -205,5 +205,22 @@ func TestWatchSignalsWhenUnused(t *testing.T) {
 	case <-unused:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Watch did not fire after the wrapper left")
+	}
+}
+
+func TestWatchChecksAtOnceWhenPoked(t *testing.T) {
+	path := holdFile(t)
+	h := openHold(t, path, false)
+	w := wrapperLock(t, path)
+	stop := make(chan struct{})
+	defer close(stop)
+	poke := make(chan os.Signal, 1)
+	unused := h.Watch(time.Hour, poke, stop, t.Logf) // the ticker never fires here
+	w.Close()
+	poke <- unix.SIGUSR1
+	select {
+	case <-unused:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Watch did not check when poked")
 	}
 }

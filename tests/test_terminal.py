@@ -376,6 +376,31 @@ def test_signal_sent_to_wg_wrap_is_relayed_to_the_command_once(
     leftovers()
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_signal_sent_to_wg_wraps_whole_group_reaches_the_command_once(
+    stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
+    leftovers: Callable[[], None], signame: str,
+) -> None:
+    """`timeout`, systemd and `kill -TERM -PGID` signal a whole process group.
+    Off a terminal the command has a group of its own, so it gets the signal
+    once, relayed by wg-wrap, not once directly and once relayed."""
+    proc = _start_piped(stage, test_user, user_runtime_dir, conf,
+                        *_reporter(stage, signame, 0, 5.0))
+    try:
+        out = _expect_armed(proc)
+        os.killpg(proc.pid, signal.Signals[signame])  # wg-wrap leads its own session
+        out = read_until(proc.stdout.fileno(), None, 20, out)
+        status = _wait(proc, 20)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        _stop(proc)
+    text = out.decode(errors="replace")
+    assert _report(text) == [f"got {signame} code={SI_USER} pid={proc.pid}", "count=1"], (
+        text + err.decode(errors="replace"))
+    assert status == 0
+    leftovers()
+
+
 @pytest.mark.parametrize(
     ("signame", "status"), [("SIGHUP", 129), ("SIGTERM", 143), ("SIGUSR1", 138)]
 )

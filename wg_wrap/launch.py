@@ -224,13 +224,23 @@ RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
 SI_KERNEL = 0x80
 
 
+def _foreground_on_terminal() -> bool:
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:  # not a terminal, or not ours
+        return False
+
+
 def run_joined(sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1) -> int:
     """Run command inside the profile; return its exit status (128+N if killed).
 
-    The command stays in our process group, so it owns the terminal like any
-    foreground program.  Signals the terminal sends reach it directly; those
-    sent to us by ``kill`` are relayed.  A terminal signal (si_code SI_KERNEL)
-    is not relayed, or the command would get it twice.
+    On a terminal where we are the foreground job, the command stays in our
+    process group, so it owns the terminal like any foreground program: the
+    signals the terminal sends (si_code SI_KERNEL) reach it directly and are
+    not relayed, or it would get them twice.  Anywhere else (pipes, systemd,
+    ``timeout``) it gets a process group of its own, so a signal sent to our
+    whole group reaches it once, through us.  Signals sent to us with
+    ``kill`` are relayed either way.
 
     ``posix_spawn`` rather than ``subprocess``: this is the join path, and
     importing subprocess costs more than spawning.
@@ -247,13 +257,18 @@ def run_joined(sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1) -> i
         for fd in inherited:
             os.set_inheritable(fd, True)
         argv = join_argv(sidecar, command)
+        # Python ignores SIGPIPE (and SIGXFSZ); programs expect the default.
+        defaults = (signal.SIGPIPE, signal.SIGXFSZ)
         try:
-            pid = os.posix_spawn(
-                argv[0], argv, os.environ,
-                setsigmask=old_mask,
-                # Python ignores SIGPIPE (and SIGXFSZ); programs expect the default.
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-            )
+            if _foreground_on_terminal():
+                pid = os.posix_spawn(
+                    argv[0], argv, os.environ, setsigmask=old_mask, setsigdef=defaults
+                )
+            else:  # setpgroup=None is only accepted from Python 3.15 on
+                pid = os.posix_spawn(
+                    argv[0], argv, os.environ, setpgroup=0, setsigmask=old_mask,
+                    setsigdef=defaults,
+                )
         except OSError as e:
             raise SetupError(f"starting {argv[0]}: {e.strerror}") from e
         finally:

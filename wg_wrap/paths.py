@@ -1,7 +1,8 @@
 """Where the helper programs live.
 
 Order: ``$WG_WRAP_LIBEXEC_DIR`` (development), the package's own
-``_libexec/`` (``pip install .``), then ``libexec/wg-wrap`` or ``lib/wg-wrap``
+``_libexec/`` (``pip install .``), ``build/`` beside the package when it runs
+from a source checkout (after ``make``), then ``libexec/wg-wrap`` or ``lib/wg-wrap``
 next to the installation prefix the package sits in (``make install``, also
 under a DESTDIR staging root), then the usual system locations.
 
@@ -25,7 +26,7 @@ def _candidates() -> list[str]:
     if override:
         return [override]
     package = os.path.dirname(os.path.realpath(__file__))
-    found = [os.path.join(package, "_libexec")]
+    found = [os.path.join(package, "_libexec"), os.path.join(os.path.dirname(package), "build")]
     # <prefix>/lib/pythonX.Y/site-packages/wg_wrap -> <prefix>/libexec/wg-wrap,
     # or <prefix>/lib/wg-wrap (`make install LIBEXECDIR=<prefix>/lib`, Debian and Arch style)
     parent = package

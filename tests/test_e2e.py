@@ -207,6 +207,12 @@ def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
                     leaks.append(f"/proc/{entry}/{what}")
         assert checked > 10
         assert not leaks
+        # Private state: the directories 0700, the UAPI socket 0600, all the user's.
+        state = user_runtime_dir / "wg-wrap"
+        (profile,) = state.iterdir()
+        for path, mode in ((state, 0o700), (profile, 0o700), (profile / "uapi.sock", 0o600)):
+            st = path.stat()
+            assert (st.st_mode & 0o777, st.st_uid) == (mode, test_user.uid), path
         # Nor in any file wg-wrap wrote.
         for path in (user_runtime_dir / "wg-wrap").rglob("*"):
             if path.is_file():
@@ -278,3 +284,27 @@ def test_tunnel_down_means_no_traffic_and_nothing_in_clear(
     for packet in received:
         assert packet[:4] == b"\x01\x00\x00\x00" and len(packet) == 148, packet[:16]
         assert marker.encode() not in packet
+
+
+def test_mtu_addresses_and_routes_follow_the_config(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    net = _net()
+    script = "ip -o link show tun0; ip -o addr show dev tun0; ip route; ip -6 route"
+    conf = write_conf(user_tmp, test_user, client_config(
+        Keys(), net, free_udp_port(), dns=False, extra="MTU = 1380\n",
+        allowed="0.0.0.0/0, ::/0, 10.200.0.0/16"))
+    routed = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", script)
+    assert routed.returncode == 0, routed.stderr
+    assert "mtu 1380" in routed.stdout
+    assert f"inet {net.client4}/24" in routed.stdout and f"inet6 {net.client6}/64" in routed.stdout
+    assert "tentative" not in routed.stdout  # no duplicate address detection
+    assert "default dev tun0" in routed.stdout and "10.200.0.0/16 dev tun0" in routed.stdout
+    assert routed.stdout.count("default dev tun0") == 2  # IPv4 and IPv6
+
+    conf = write_conf(user_tmp, test_user, client_config(
+        Keys(), net, free_udp_port(), dns=False, extra="Table = off\n"), name="off.conf")
+    unrouted = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", script)
+    assert unrouted.returncode == 0, unrouted.stderr
+    assert "default dev" not in unrouted.stdout  # only the addresses' own routes
+    assert f"{net.v4}.0/24 dev tun0 proto kernel" in unrouted.stdout

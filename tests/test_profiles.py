@@ -299,3 +299,22 @@ def test_stale_state_never_blocks_a_start(tool: Tool) -> None:
     result = tool("run", "-c", str(conf), "--", "true")
     assert result.returncode == 0, result.stderr
     assert tool.wait_gone(2)
+
+
+def test_a_start_killed_half_way_is_stopped_and_replaced(tool: Tool) -> None:
+    """The state of a start whose wrapper died before configuring the sidecar
+    says ready = false: nothing joins it, and the next start stops that
+    sidecar instead of leaving it running forever."""
+    conf = tool.conf(client_config(Keys(), _net(), free_udp_port()))
+    assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
+    (first,) = tool.sidecars()
+    state = tool.state / "wg0" / "state.toml"
+    state.write_text(state.read_text().replace("ready = true", "ready = false"))
+    assert tool("ls").stdout.splitlines()[1].split()[:2] == ["wg0", "starting"]
+    joined = tool("exec", "wg0", "--", "true")
+    assert joined.returncode == 1 and "is not running" in joined.stderr
+    again = tool("up", "--no-wait", "-c", str(conf))
+    assert again.returncode == 0, again.stderr
+    (second,) = tool.sidecars()
+    assert second != first
+    assert tool("exec", "wg0", "--", "true").returncode == 0

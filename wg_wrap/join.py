@@ -66,6 +66,8 @@ def attach_running(profile: Profile, state: State | None = None) -> Attached | N
         if found is None:
             return None
         pid, start, mode = found
+    elif not state.ready:
+        return None  # a start that never finished is not joined
     else:
         pid, start, mode = state.sidecar_pid, state.sidecar_start, state.mode
     sidecar = launch.open_sidecar(pid, start)

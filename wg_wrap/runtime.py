@@ -115,7 +115,7 @@ class State:
     FIELDS = (
         "name", "mode", "sidecar_pid", "sidecar_start", "config_path", "config_digest",
         "ifname", "created_at", "addresses", "dns", "mtu", "endpoints", "public_key",
-        "listen_port",
+        "listen_port", "ready",
     )
 
     def __init__(
@@ -134,6 +134,7 @@ class State:
         endpoints: list[str] | None = None,
         public_key: str = "",
         listen_port: int = 0,
+        ready: bool = True,  # False from the sidecar's start until it is configured
     ) -> None:
         self.name = name
         self.mode = mode
@@ -149,6 +150,7 @@ class State:
         self.endpoints = endpoints or []
         self.public_key = public_key
         self.listen_port = listen_port
+        self.ready = ready
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -219,7 +221,8 @@ class Profile:
             return None  # half-written or foreign: treated as stale
 
     def read_join_state(self) -> tuple[int, int, str] | None:
-        """Sidecar pid, start time and mode: all that joining needs.
+        """Sidecar pid, start time and mode: all that joining needs (None
+        when there is no state, or the profile never finished starting).
 
         Read without tomllib, which costs the join path ~7 ms to import (it
         pulls in typing, datetime and re): state.toml is written by
@@ -231,17 +234,21 @@ class Profile:
             with open(self.state_path) as f:
                 for line in f:
                     key, sep, value = line.partition(" = ")
-                    if sep and key in ("sidecar_pid", "sidecar_start", "mode"):
+                    if sep and key in ("sidecar_pid", "sidecar_start", "mode", "ready"):
                         found[key] = value.strip()
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError):
             pass
         pid, start, mode = (found.get(k, "") for k in ("sidecar_pid", "sidecar_start", "mode"))
-        if pid.isdigit() and start.isdigit() and mode in ('"ephemeral"', '"persistent"'):
-            return int(pid), int(start), mode.strip('"')
+        ready = found.get("ready")
+        if (pid.isdigit() and start.isdigit() and mode in ('"ephemeral"', '"persistent"')
+                and ready in ("true", "false")):
+            return (int(pid), int(start), mode.strip('"')) if ready == "true" else None
         state = self.read_state()
-        return (state.sidecar_pid, state.sidecar_start, state.mode) if state else None
+        if state is None or not state.ready:
+            return None
+        return state.sidecar_pid, state.sidecar_start, state.mode
 
     def write_state(self, state: State) -> None:
         import tomli_w

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wg_wrap import config as wgconfig
-from wg_wrap import dns, hostnet, keys, launch, runtime
+from wg_wrap import dns, hostnet, keys, launch, netns, runtime, uapi
 from wg_wrap.errors import ConfigError, ProfileError, SetupError
 from wg_wrap.join import Attached, attach_running, finish, not_running, take_hold, trace
 from wg_wrap.runtime import Profile, State
@@ -104,7 +104,7 @@ def resolv_conf_text(cfg: wgconfig.Config, request: Request) -> str:
     return host
 
 
-def _write_private(path: str, text: str, mode: int = 0o644) -> None:
+def _write_new(path: str, text: str, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -130,8 +130,8 @@ def start_profile(
         for ep, (ip, port) in resolved.items():
             trace(verbose, f"endpoint {ep} -> {ip}:{port}")
 
-        _write_private(profile.resolv_path, resolv_conf_text(cfg, request))
-        _write_private(profile.hold_path, "", 0o600)
+        _write_new(profile.resolv_path, resolv_conf_text(cfg, request), 0o644)
+        _write_new(profile.hold_path, "", 0o600)
         hold_fd = take_hold(profile)
         undo.callback(os.close, hold_fd)
         mount_ops = dns.mount_ops(profile.resolv_path, dns.HostLayout.read())
@@ -145,10 +145,19 @@ def start_profile(
         undo.callback(sidecar.close)
         undo.callback(sidecar.stop)
 
-        from wg_wrap import (
-            netns,  # pyroute2 is only needed when starting
-            uapi,
+        # Recorded now, so that if this process is killed before the end, the
+        # next command finds the sidecar and stops it (ready = false).
+        state = State(
+            name=profile.name, mode=mode, sidecar_pid=sidecar.pid,
+            sidecar_start=sidecar.start_time, config_path=os.path.abspath(path),
+            config_digest=wgconfig.config_digest(cfg), ifname=IFNAME,
+            created_at=time.time(), addresses=[str(a) for a in cfg.interface.addresses],
+            dns=[str(s) for s in (request.dns or cfg.interface.dns_servers)], mtu=mtu,
+            endpoints=hostnet.endpoint_strings(resolved),
+            public_key=keys.encode(keys.public_key(cfg.interface.private_key)),
+            listen_port=listen_port, ready=False,
         )
+        profile.write_state(state)
 
         plan = netns.NetworkPlan(
             ifname=IFNAME, mtu=mtu, addresses=cfg.interface.addresses,
@@ -159,22 +168,22 @@ def start_profile(
         trace(verbose, "wg set (UAPI): private key, peers, endpoints, allowed ips")
         uapi.UAPIClient(profile.uapi_path).set(uapi.encode_set(cfg, resolved))
 
-        profile.write_state(State(
-            name=profile.name, mode=mode, sidecar_pid=sidecar.pid,
-            sidecar_start=sidecar.start_time, config_path=os.path.abspath(path),
-            config_digest=wgconfig.config_digest(cfg), ifname=IFNAME,
-            created_at=time.time(), addresses=[str(a) for a in cfg.interface.addresses],
-            dns=[str(s) for s in (request.dns or cfg.interface.dns_servers)], mtu=mtu,
-            endpoints=hostnet.endpoint_strings(resolved),
-            public_key=keys.encode(keys.public_key(cfg.interface.private_key)),
-            listen_port=listen_port,
-        ))
+        state.ready = True
+        profile.write_state(state)
         undo.pop_all()
     return Attached(profile, sidecar, hold_fd, mode, started=True)
 
 
-def reap_stale(profile: Profile, verbose: bool) -> None:
-    """Remove what a crashed sidecar or killed wrapper left behind."""
+def reap_stale(profile: Profile, state: State | None, verbose: bool) -> None:
+    """Remove what a crashed sidecar or killed wrapper left behind; the
+    caller holds the runtime lock, so no start is under way."""
+    if state is not None and not state.ready:
+        # A start killed half-way: its sidecar may still run, unconfigured.
+        sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
+        if sidecar is not None:
+            trace(verbose, f"stopping the sidecar of an unfinished start ({sidecar.pid})")
+            sidecar.stop()
+            sidecar.close()
     if os.path.exists(profile.dir):
         trace(verbose, f"removing stale state {profile.dir}")
         profile.remove_dir()
@@ -187,7 +196,7 @@ def acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
     digest = wgconfig.config_digest(cfg)
     with runtime.locked(base):
         state = profile.read_state()
-        if state is not None:
+        if state is not None and state.ready:
             attached = attach_running(profile, state)
             if attached is not None:
                 if state.config_digest != digest:
@@ -200,7 +209,7 @@ def acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
                     )
                 trace(request.verbose, f"joining running profile {profile.name}")
                 return attached
-        reap_stale(profile, request.verbose)
+        reap_stale(profile, state, request.verbose)
         return start_profile(request, cfg, profile, mode)
 
 
@@ -222,8 +231,6 @@ def wait_for_handshake(
     persistent keepalive on sends a keepalive at once, so it is switched on
     for a moment on peers that have it off.
     """
-    from wg_wrap import uapi
-
     peers = [p for p in cfg.peers if p.endpoint is not None]
     if not peers:
         return  # a server waits for its clients, not the other way round

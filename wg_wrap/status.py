@@ -80,8 +80,9 @@ def _summary(st: ProfileStatus, now: float) -> list[str]:
     last = max((p.last_handshake or 0 for p in peers), default=0)
     rx = sum(p.rx_bytes for p in peers)
     tx = sum(p.tx_bytes for p in peers)
+    mode = state.mode if state.ready else "starting"
     return [
-        st.profile.name, state.mode, str(state.sidecar_pid), str(len(st.members)), endpoint,
+        st.profile.name, mode, str(state.sidecar_pid), str(len(st.members)), endpoint,
         age(last, now), human_bytes(rx), human_bytes(tx),
     ]
 

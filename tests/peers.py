@@ -66,6 +66,8 @@ class Net:
 class Keys:
     server: bytes = field(default_factory=keys.generate_private_key)
     client: bytes = field(default_factory=keys.generate_private_key)
+    # Always a preshared key: both implementations must agree on it.
+    psk: bytes = field(default_factory=lambda: os.urandom(32))
 
     def text(self, key: bytes) -> str:
         return keys.encode(key)
@@ -84,6 +86,7 @@ def client_config(k: Keys, net: Net, port: int, *, dns: bool = True, extra: str 
         + extra
         + "\n[Peer]\n"
         f"PublicKey = {k.pub(k.server)}\n"
+        f"PresharedKey = {k.text(k.psk)}\n"
         f"Endpoint = 127.0.0.1:{port}\n"
         f"AllowedIPs = {allowed}\n"
     )
@@ -165,6 +168,7 @@ class WgWrapServer(Server):
             f"ListenPort = {self.port}\n\n"
             "[Peer]\n"
             f"PublicKey = {self.keys.pub(self.keys.client)}\n"
+            f"PresharedKey = {self.keys.text(self.keys.psk)}\n"
             f"AllowedIPs = {net.client4}/32, {net.client6}/128\n"
         )
         os.chown(conf, user.uid, user.gid)  # type: ignore[attr-defined]
@@ -241,9 +245,12 @@ class StockServer(Server):
         keyfile = self._tmp / "key"
         keyfile.write_text(self.keys.text(self.keys.server) + "\n")
         keyfile.chmod(0o600)
+        pskfile = self._tmp / "psk"
+        pskfile.write_text(self.keys.text(self.keys.psk) + "\n")
+        pskfile.chmod(0o600)
         subprocess.run(
             ["wg", "set", self.ifname, "private-key", str(keyfile), "listen-port", str(self.port),
-             "peer", self.keys.pub(self.keys.client),
+             "peer", self.keys.pub(self.keys.client), "preshared-key", str(pskfile),
              "allowed-ips", f"{self.net.client4}/32,{self.net.client6}/128"],
             check=True, timeout=10,
         )

@@ -182,7 +182,9 @@ def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
     conf = write_conf(user_tmp, test_user, wgwrap_server.client_config())
     secrets = [wgwrap_server.keys.text(wgwrap_server.keys.client).encode(),
                wgwrap_server.keys.text(wgwrap_server.keys.server).encode(),
-               wgwrap_server.keys.client.hex().encode(), wgwrap_server.keys.server.hex().encode()]
+               wgwrap_server.keys.client.hex().encode(), wgwrap_server.keys.server.hex().encode(),
+               wgwrap_server.keys.text(wgwrap_server.keys.psk).encode(),
+               wgwrap_server.keys.psk.hex().encode()]
     argv = stage.wg_wrap("run", "-c", str(conf), "--", "sh", "-c", "echo started; sleep 3")
     from conftest import as_user_argv
 

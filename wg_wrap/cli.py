@@ -37,6 +37,15 @@ examples:
 """
 
 
+MORE_EXAMPLES = """\
+  wg-wrap up -c ~/vpn/wg0.conf && wg-wrap exec wg0 -- firefox
+  wg-wrap status wg0
+  wg-wrap doctor                            (can this machine run wg-wrap?)
+
+`wg-wrap COMMAND --help` explains each command.
+"""
+
+
 def _dns_server(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     import argparse
     import ipaddress
@@ -59,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
             raise UsageError(message, hint=f"see `{self.prog} --help`")
 
     parser = _Parser(
-        prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=DESCRIPTION, epilog=RUN_EXAMPLES + MORE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="action", metavar="COMMAND", parser_class=_Parser)
@@ -183,7 +193,8 @@ def _add_common(p: argparse.ArgumentParser, with_name: bool = True) -> None:
         )
     p.add_argument(
         "-v", "--verbose", action="store_true",
-        help="trace each setup step, keep the sidecar's debug log, show tracebacks",
+        help="trace each setup step (e.g. `[#] ip address add 10.0.0.2/32 dev tun0`), log "
+        "the sidecar verbosely (sidecar.log in the runtime directory), show tracebacks",
     )
 
 

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Throughput through the tunnel, against plain loopback, side by side.
+
+A wg-wrap server (UDP on 127.0.0.1, a TCP sink inside its namespace) and a
+wg-wrap client (TCP sender inside its namespace): every byte is encrypted by
+one wireguard-go, crosses the host's loopback through the FDBind host sockets
+(batched, with UDP GSO/GRO), and is decrypted by the other.  The baseline is
+the same sender and sink over the host's loopback, run in the same
+invocation, alternating with the tunnel.
+
+    python scripts/bench_throughput.py [--seconds 3] [--rounds 3]
+
+Run it as an unprivileged user with the interpreter wg-wrap is installed in.
+Prints Mbit/s for each round, the medians and the ratio tunnel/loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from wg_wrap import keys
+
+SINK = r"""
+import socket, sys
+srv = socket.create_server(("", int(sys.argv[1])), family=socket.AF_INET)
+print("ready", flush=True)
+srv.settimeout(60)
+while True:
+    conn, _ = srv.accept()
+    total = 0
+    conn.settimeout(30)
+    while chunk := conn.recv(1 << 20):
+        total += len(chunk)
+    conn.sendall(str(total).encode())
+    conn.close()
+"""
+
+SENDER = r"""
+import socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+block = b"\0" * (1 << 16)
+c = socket.create_connection((host, port), timeout=30)
+start = time.perf_counter()
+while time.perf_counter() - start < seconds:
+    c.sendall(block)
+c.shutdown(socket.SHUT_WR)
+received = int(c.recv(64))
+elapsed = time.perf_counter() - start
+print(f"{received * 8 / elapsed / 1e6:.0f}")
+"""
+
+
+def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
+    s, c = keys.generate_private_key(), keys.generate_private_key()
+    server = directory / "bench-server.conf"
+    client = directory / "bench-client.conf"
+    server.write_text(
+        f"[Interface]\nPrivateKey = {keys.encode(s)}\nAddress = 10.251.0.1/24\n"
+        f"ListenPort = {port}\n\n[Peer]\nPublicKey = {keys.encode(keys.public_key(c))}\n"
+        "AllowedIPs = 10.251.0.2/32\n"
+    )
+    client.write_text(
+        f"[Interface]\nPrivateKey = {keys.encode(c)}\nAddress = 10.251.0.2/24\n\n"
+        f"[Peer]\nPublicKey = {keys.encode(keys.public_key(s))}\n"
+        f"Endpoint = 127.0.0.1:{port}\nAllowedIPs = 10.251.0.0/24\n"
+    )
+    for path in (server, client):
+        path.chmod(0o600)
+    return server, client
+
+
+def start_sink(argv: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        sys.exit(f"the sink did not start: {argv}")
+    return proc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    python = sys.executable
+    wg_wrap = [python, "-m", "wg_wrap"]
+    with tempfile.TemporaryDirectory() as tmp:
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            udp_port = s.getsockname()[1]
+        server_conf, client_conf = write_configs(Path(tmp), udp_port)
+        name = f"bench-{os.getpid()}"
+        subprocess.run([*wg_wrap, "up", "--no-wait", "-n", name, "-c", str(server_conf),
+                        "--listen-address", "127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*wg_wrap, "up", "-n", f"{name}-c", "-c", str(client_conf)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sinks = [
+            start_sink([*wg_wrap, "exec", name, "--", python, "-c", SINK, "5201"]),
+            start_sink([python, "-c", SINK, "5202"]),
+        ]
+        tunnel, loopback = [], []
+        try:
+            for _ in range(args.rounds):
+                tunnel.append(float(subprocess.run(
+                    [*wg_wrap, "exec", f"{name}-c", "--", python, "-c", SENDER, "10.251.0.1",
+                     "5201", str(args.seconds)],
+                    check=True, capture_output=True, text=True, timeout=120).stdout))
+                loopback.append(float(subprocess.run(
+                    [python, "-c", SENDER, "127.0.0.1", "5202", str(args.seconds)],
+                    check=True, capture_output=True, text=True, timeout=120).stdout))
+                time.sleep(0.2)
+        finally:
+            for sink in sinks:
+                sink.terminate()  # wg-wrap exec relays it to the sink inside
+                sink.wait(timeout=10)
+            for profile in (name, f"{name}-c"):
+                subprocess.run([*wg_wrap, "down", "--force", profile], check=False,
+                               stdout=subprocess.DEVNULL)
+    print(f"interpreter: {python}, {args.rounds} rounds of {args.seconds:g} s, alternating")
+    print("tunnel   (wg-wrap client -> wg-wrap server), Mbit/s:",
+          " ".join(f"{x:.0f}" for x in tunnel))
+    print("loopback (same sender and sink, no tunnel),   Mbit/s:",
+          " ".join(f"{x:.0f}" for x in loopback))
+    t, b = statistics.median(tunnel), statistics.median(loopback)
+    print(f"median: tunnel {t:.0f} Mbit/s, loopback {b:.0f} Mbit/s, ratio {t / b:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

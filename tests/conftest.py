@@ -184,3 +184,25 @@ def sidecars_of(user: User, runtime_dir: Path) -> set[int]:
         ):
             found.add(int(entry))
     return found
+
+
+INTEROP_TOOLS = ("wireguard-go", "wg")
+
+
+def need_interop_tools() -> None:
+    """Tests marked `interop` need Debian's wireguard-go and wireguard-tools.
+
+    They are optional tooling: without them the test is skipped, saying so,
+    except in CI (CI=true), where .ci/run installs them and a missing tool is
+    a failure, never a silent skip.
+    """
+    missing = [t for t in INTEROP_TOOLS if shutil.which(t) is None]
+    if os.geteuid() != 0:
+        missing.append("root (the stock peer creates its TUN as root)")
+    if not missing:
+        return
+    message = (f"interop test needs {', '.join(missing)}: "
+               "`apt-get install wireguard-go wireguard-tools` (.ci/run does)")
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)

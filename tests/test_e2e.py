@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, run_as_user, sidecars_of, user_env
+from conftest import Stage, User, need_interop_tools, run_as_user, sidecars_of, user_env
 from peers import (
     DNS_NAME,
     HTTP_PORT,
@@ -52,6 +52,7 @@ def server(
         finally:
             srv.stop()
     else:
+        need_interop_tools()
         srv = StockServer(stage, _net())
         try:
             yield srv

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import need_interop_tools
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -579,11 +580,8 @@ def test_client_refuses_to_send_anything_but_a_set_request(socket_dir: Path) -> 
 
 
 @pytest.mark.interop
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("wireguard-go") or not shutil.which("unshare"),
-    reason="needs root, wireguard-go and unshare (a TUN device in a throwaway netns)",
-)
 def test_stock_wireguard_go_accepts_encode_set_and_decode_get_reads_it() -> None:
+    need_interop_tools()
     name = f"wgwt{os.getpid() % 100000}"
     socket_path = f"/var/run/wireguard/{name}.sock"
     device = subprocess.Popen(

@@ -59,6 +59,7 @@ test-go:
 	$(Q)cd go-sidecar && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 test-py: stage
+	$(Q)if [ "$$(id -u)" = 0 ]; then scripts/prepare-test-machine.sh; fi
 	$(Q)$(STAGE)/venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test: test-go lint test-py

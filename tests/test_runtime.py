@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from wg_wrap import runtime
+from wg_wrap import launch, runtime
 from wg_wrap.errors import ProfileError, RuntimeDirError
 
 
@@ -77,7 +78,23 @@ def test_state_round_trip_with_private_mode(xdg: Path) -> None:
 def test_start_time_distinguishes_a_live_process_from_a_reused_pid() -> None:
     me = runtime.process_start_time(os.getpid())
     assert me is not None
-    state = runtime.State("x", "ephemeral", os.getpid(), me, "", "", "tun0", 0.0)
-    assert runtime.sidecar_alive(state)
-    state.sidecar_start = me + 1
-    assert not runtime.sidecar_alive(state)
+    found = launch.open_sidecar(os.getpid(), me)
+    assert found is not None and found.pid == os.getpid()
+    found.close()
+    assert launch.open_sidecar(os.getpid(), me + 1) is None  # same pid, another process
+
+
+def test_a_zombie_counts_as_gone() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        start = runtime.process_start_time(pid)
+        for _ in range(250):  # until the child is a zombie: exited, not reaped
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[1].split()[0] == "Z":
+                    break
+            time.sleep(0.02)
+        assert start is not None and launch.open_sidecar(pid, start) is None
+    finally:
+        os.waitpid(pid, 0)

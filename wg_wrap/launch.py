@@ -27,8 +27,6 @@ else:
     import _signal as signal
 
 READY_TIMEOUT = 10.0
-# Launcher exit statuses (launcher/wg-wrap-launcher.c).
-LAUNCHER_FAILED = 125
 
 
 class Sidecar:
@@ -109,6 +107,7 @@ def start_sidecar(
     on the shared file description, which from now on is the sidecar's.
     """
     import subprocess
+
     sidecar_argv = [
         paths.sidecar(), "--uapi", profile.uapi_path,
         "--ifname", ifname, "--mtu", str(mtu),
@@ -119,7 +118,7 @@ def start_sidecar(
         sidecar_argv += ["--hold", profile.hold_path, "--state-dir", profile.dir]
     if verbose:
         sidecar_argv.append("-v")
-    argv = [str(paths.launcher()), "create", *mount_ops, "--", *sidecar_argv]
+    argv = [paths.launcher(), "create", *mount_ops, "--", *sidecar_argv]
     ready_r, ready_w = os.pipe()
     env = dict(os.environ)
     env["WG_WRAP_HOST_SOCKET_FD"] = str(host_socket.fileno())

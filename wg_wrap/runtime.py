@@ -272,10 +272,6 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def sidecar_alive(state: State) -> bool:
-    return process_start_time(state.sidecar_pid) == state.sidecar_start
-
-
 def list_profiles(base: str) -> list[Profile]:
     try:
         names = sorted(os.listdir(base))

@@ -311,3 +311,18 @@ def test_mtu_addresses_and_routes_follow_the_config(
     assert unrouted.returncode == 0, unrouted.stderr
     assert "default dev" not in unrouted.stdout  # only the addresses' own routes
     assert f"{net.v4}.0/24 dev tun0 proto kernel" in unrouted.stdout
+
+
+def test_hostname_endpoint_is_resolved_on_the_host(
+    wgwrap_server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    text = wgwrap_server.client_config(dns=False).replace(
+        "Endpoint = 127.0.0.1:", "Endpoint = localhost:")
+    assert "Endpoint = localhost:" in text
+    conf = write_conf(user_tmp, test_user, text)
+    url = f"http://{wgwrap_server.net.server4}:{HTTP_PORT}/"
+    result = wg_wrap_run(stage, test_user, user_runtime_dir, conf,
+                         "curl", "-sS", "--max-time", "10", url, extra=("-v",))
+    assert result.returncode == 0, result.stderr
+    assert f"sees you as {wgwrap_server.net.client4}" in result.stdout
+    assert f"endpoint localhost:{wgwrap_server.port} -> 127.0.0.1:" in result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import time
 from collections.abc import Mapping
 
 from wg_wrap.config import Config, Endpoint
@@ -18,6 +19,8 @@ from wg_wrap.errors import ResolveError, SetupError
 # Like wireguard-go's StdNetBind; unprivileged processes are capped at
 # net.core.{r,w}mem_max, which is fine: this is a request, not a demand.
 SOCKET_BUFFER = 7 << 20
+# Waits between attempts when name resolution fails temporarily (EAI_AGAIN).
+RESOLVE_RETRY_DELAYS = (0.5, 1.0, 2.0)
 
 
 def open_host_socket(listen_port: int | None, address: str | None = None) -> socket.socket:
@@ -111,14 +114,22 @@ def _resolve_one(ep: Endpoint, family: int, where: str) -> tuple[str, int]:
             )
         return (str(ip), ep.port)
     want = socket.AF_INET if family == socket.AF_INET else socket.AF_UNSPEC
-    try:
-        infos = socket.getaddrinfo(ep.host, ep.port, want, socket.SOCK_DGRAM)
-    except (socket.gaierror, UnicodeError) as e:
-        reason = e.strerror if isinstance(e, socket.gaierror) else str(e)
-        raise ResolveError(
-            f"{where}: cannot resolve endpoint {ep.host!r}: {reason}",
-            hint="check the name and the host's network; the endpoint is resolved on the host",
-        ) from e
+    for delay in (*RESOLVE_RETRY_DELAYS, None):
+        try:
+            infos = socket.getaddrinfo(ep.host, ep.port, want, socket.SOCK_DGRAM)
+            break
+        except (socket.gaierror, UnicodeError) as e:
+            # Like wg(8): a temporary failure (the network is coming up, the
+            # resolver timed out) is tried again a few times; the others are final.
+            if isinstance(e, socket.gaierror) and e.errno == socket.EAI_AGAIN and delay:
+                time.sleep(delay)
+                continue
+            reason = e.strerror if isinstance(e, socket.gaierror) else str(e)
+            raise ResolveError(
+                f"{where}: cannot resolve endpoint {ep.host!r}: {reason}",
+                hint="check the name and the host's network; "
+                "the endpoint is resolved on the host",
+            ) from e
     for _family, _type, _proto, _canon, sockaddr in infos:
         return (str(sockaddr[0]), ep.port)
     raise ResolveError(f"{where}: endpoint {ep.host!r} has no usable address")

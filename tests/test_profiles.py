@@ -318,3 +318,21 @@ def test_a_start_killed_half_way_is_stopped_and_replaced(tool: Tool) -> None:
     (second,) = tool.sidecars()
     assert second != first
     assert tool("exec", "wg0", "--", "true").returncode == 0
+
+
+def test_joining_never_imports_pyroute2(tool: Tool) -> None:
+    """`exec`, and `run` on a profile that is up, only join: no pyroute2 (it
+    costs ~110 ms to import), and `exec` not even the config parser."""
+    conf = tool.conf(client_config(Keys(), _net(), free_udp_port()))
+    assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
+    env = user_env(tool.runtime, {"PYTHONPROFILEIMPORTTIME": "1"})
+    for args, absent in (
+        (("exec", "wg0", "--", "true"), ("pyroute2", "wg_wrap.config", "argparse", "tomllib")),
+        (("run", "-c", str(conf), "--", "true"), ("pyroute2",)),
+    ):
+        result = run_as_user(tool.user, tool.stage.wg_wrap(*args), env=env)
+        assert result.returncode == 0, result.stderr
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "wg_wrap.join" in imported
+        assert not {m for m in imported if m.split(".")[0] in absent or m in absent}, args

@@ -350,19 +350,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.communicate(timeout=10)
 
 
-@pytest.mark.parametrize("signame", [s.name for s in RELAYED])
-def test_signal_sent_to_wg_wrap_is_relayed_to_the_command_once(
-    stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
-    leftovers: Callable[[], None], signame: str,
+def _relayed_once(
+    stage: Stage, user: User, runtime_dir: Path, conf: Path, signame: str,
+    send: Callable[[int, signal.Signals], None],
 ) -> None:
-    proc = _start_piped(stage, test_user, user_runtime_dir, conf,
-                        *_reporter(stage, signame, 0, 5.0))
+    """Start the reporter behind wg-wrap (off a terminal), signal wg-wrap with
+    send(pid, sig), and check the command got it once, from wg-wrap."""
+    proc = _start_piped(stage, user, runtime_dir, conf, *_reporter(stage, signame, 0, 5.0))
     try:
         out = _expect_armed(proc)
-        # The leftover check below looks for this sidecar: it must see it now.
-        assert sidecars_of(test_user, user_runtime_dir), "the sidecar should be running"
+        # The leftover check after this looks for this sidecar: it must see it now.
+        assert sidecars_of(user, runtime_dir), "the sidecar should be running"
         # setpriv execs: the Popen pid is the wg-wrap Python process itself.
-        os.kill(proc.pid, signal.Signals[signame])
+        send(proc.pid, signal.Signals[signame])
         out = read_until(proc.stdout.fileno(), None, 20, out)
         status = _wait(proc, 20)
         _, err = proc.communicate(timeout=10)
@@ -373,6 +373,14 @@ def test_signal_sent_to_wg_wrap_is_relayed_to_the_command_once(
     assert _report(text) == [f"got {signame} code={SI_USER} pid={proc.pid}", "count=1"], (
         text + err.decode(errors="replace"))
     assert status == 0
+
+
+@pytest.mark.parametrize("signame", [s.name for s in RELAYED])
+def test_signal_sent_to_wg_wrap_is_relayed_to_the_command_once(
+    stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
+    leftovers: Callable[[], None], signame: str,
+) -> None:
+    _relayed_once(stage, test_user, user_runtime_dir, conf, signame, os.kill)
     leftovers()
 
 
@@ -384,20 +392,8 @@ def test_signal_sent_to_wg_wraps_whole_group_reaches_the_command_once(
     """`timeout`, systemd and `kill -TERM -PGID` signal a whole process group.
     Off a terminal the command has a group of its own, so it gets the signal
     once, relayed by wg-wrap, not once directly and once relayed."""
-    proc = _start_piped(stage, test_user, user_runtime_dir, conf,
-                        *_reporter(stage, signame, 0, 5.0))
-    try:
-        out = _expect_armed(proc)
-        os.killpg(proc.pid, signal.Signals[signame])  # wg-wrap leads its own session
-        out = read_until(proc.stdout.fileno(), None, 20, out)
-        status = _wait(proc, 20)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        _stop(proc)
-    text = out.decode(errors="replace")
-    assert _report(text) == [f"got {signame} code={SI_USER} pid={proc.pid}", "count=1"], (
-        text + err.decode(errors="replace"))
-    assert status == 0
+    # wg-wrap leads its own session and group here (start_new_session).
+    _relayed_once(stage, test_user, user_runtime_dir, conf, signame, os.killpg)
     leftovers()
 
 

@@ -16,7 +16,7 @@ BAD = sorted((Path(__file__).parent / "configs" / "bad").glob("*.conf"))
 
 
 def _expectation(path: Path) -> tuple[str, str]:
-    m = re.match(r"# expect: (\S+): (.*)", path.read_text(errors="replace").splitlines()[0])
+    m = re.match(r"# expect: (\d+): (.*)", path.read_text(errors="replace").splitlines()[0])
     assert m, f"{path.name} lacks its '# expect: LINE: message' first line"
     return m.group(1), m.group(2)
 
@@ -42,7 +42,7 @@ def test_every_malformed_config_fails_with_file_line_and_starts_nothing(
             test_user, stage.wg_wrap("run", "-c", str(conf), "--", "true"),
             env=user_env(user_runtime_dir),
         )
-        where = str(conf) if line == "-" else f"{conf}:{line}"
+        where = f"{conf}:{line}"
         first = result.stderr.splitlines()[0] if result.stderr else ""
         if (
             result.returncode != 1

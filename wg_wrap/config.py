@@ -351,6 +351,7 @@ class _Parser:
     def __init__(self, path: str) -> None:
         self.path = path
         self.lineno = 0
+        self.last_content_line = 1  # where whole-file errors point when a section is missing
         self.section: str | None = None
         self.interface: _InterfaceDraft | None = None
         self.peers: list[_PeerDraft] = []
@@ -382,6 +383,7 @@ class _Parser:
         content = raw.partition("#")[0].strip(" \t")
         if not content:
             return
+        self.last_content_line = lineno
         key, equals, value = content.partition("=")
         key = key.strip(" \t")
         if not equals and content.startswith("["):
@@ -541,15 +543,20 @@ class _Parser:
     def table(self, value: str) -> None:
         if not value:  # wg-quick: empty means the default
             self.iface.table = None
-        elif value.lower() in ("off", "auto"):
+        elif value.lower() in ("off", "auto", "main"):
             self.iface.table = value.lower()
-        elif _parse_number(value, 0, 0xFFFFFFFF) is not None or (
-            _TABLE_NAME.fullmatch(value) and not value.isdigit()
-        ):
+        elif _parse_number(value, 1, 0xFFFFFFFF) is not None:
             self.iface.table = value
+        elif _TABLE_NAME.fullmatch(value) and not value.isdigit():
+            # wg-quick looks names up in /etc/iproute2/rt_tables, which
+            # describes the host's tables, not those of wg-wrap's namespace.
+            raise _ValueProblem(
+                f"Table {_quote(value)}: table names are not supported",
+                hint="use off, auto, main or a table number",
+            )
         else:
             raise _ValueProblem(
-                f"invalid Table {_quote(value)}: expected off, auto, a table number or name"
+                f"invalid Table {_quote(value)}: expected off, auto, main or a table number"
             )
 
     def hook(self, hooks: list[str], key: str, value: str) -> None:
@@ -616,12 +623,17 @@ class _Parser:
 
     def finish(self) -> Config:
         if self.interface is None:
-            raise ConfigError(self.path, None, "no [Interface] section")
+            raise ConfigError(
+                self.path, 1, "no [Interface] section: a config starts with [Interface]"
+            )
         iface = self.interface
         if iface.private_key is None:
             raise ConfigError(self.path, iface.line, "[Interface] has no PrivateKey")
         if not self.peers:
-            raise ConfigError(self.path, None, "no [Peer] section")
+            raise ConfigError(
+                self.path, self.last_content_line,
+                "no [Peer] section: the file ends without one, and a tunnel needs a peer",
+            )
         peers = tuple(self.finish_peer(draft) for draft in self.peers)
         self.check_duplicate_peers(peers)
         self.check_mtu()
@@ -731,12 +743,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     shown = os.fspath(path)
     data = _read_small_file(shown)
     if b"\0" in data:
-        raise ConfigError(shown, None, "not a text file (it contains NUL bytes)")
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise ConfigError(shown, line, "not a text file (it contains NUL bytes)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
         raise ConfigError(
-            shown, None, f"not a text file (invalid UTF-8 at byte {error.start})"
+            shown, line, f"not a text file (invalid UTF-8 at byte {error.start})"
         ) from None
     return parse_config(text, shown)
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from wg_wrap import config as wgconfig
 from wg_wrap import dns, hostnet, keys, launch, netns, runtime, uapi
-from wg_wrap.errors import ConfigError, ProfileError, SetupError
+from wg_wrap.errors import ProfileError, SetupError
 from wg_wrap.join import Attached, attach_running, finish, not_running, take_hold, trace
 from wg_wrap.runtime import Profile, State
 
 DEFAULT_MTU = 1420
+MAIN_TABLE = 254
 IFNAME = "tun0"
 
 
@@ -68,21 +69,14 @@ def load(request: Request) -> wgconfig.Config:
     return cfg
 
 
-def routing_table(cfg: wgconfig.Config, path: str) -> int | None:
+def routing_table(cfg: wgconfig.Config) -> int | None:
+    """The table the AllowedIPs routes go to; None for ``Table = off``.
+
+    The parser allows only off, auto, main and numbers."""
     table = cfg.interface.table
-    if table is None or table in ("auto", "main"):
-        return 254
     if table == "off":
         return None
-    try:
-        number = int(table)
-    except ValueError:
-        raise ConfigError(
-            path, None, f"Table = {table}: only 'off', 'auto', 'main' or a number are supported"
-        ) from None
-    if not 0 < number < 2**32:
-        raise ConfigError(path, None, f"Table = {table}: out of range")
-    return number
+    return MAIN_TABLE if table in (None, "auto", "main") else int(table)
 
 
 def resolv_conf_text(cfg: wgconfig.Config, request: Request) -> str:
@@ -116,7 +110,7 @@ def start_profile(
     """Bring a profile up; the caller holds the runtime lock."""
     verbose = request.verbose
     path = request.config_path
-    table = routing_table(cfg, path)
+    table = routing_table(cfg)
     with contextlib.ExitStack() as undo:
         trace(verbose, f"mkdir {profile.dir}")
         profile.create_dir()

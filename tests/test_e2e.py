@@ -139,10 +139,9 @@ def wgwrap_server(stage: Stage, test_user: User) -> Iterator[Server]:
 
 
 def test_inside_only_lo_and_the_tunnel_exist(
-    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+    server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
 ) -> None:
-    # No peer needed: the namespace's shape does not depend on the handshake.
-    conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+    conf = write_conf(user_tmp, test_user, server.client_config())
     result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "ip", "-br", "link")
     assert result.returncode == 0, result.stderr
     names = sorted(line.split()[0].split("@")[0] for line in result.stdout.splitlines())
@@ -150,9 +149,9 @@ def test_inside_only_lo_and_the_tunnel_exist(
 
 
 def test_exit_status_and_signals_pass_through(
-    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+    server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
 ) -> None:
-    conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+    conf = write_conf(user_tmp, test_user, server.client_config())
     seven = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", "exit 7")
     assert seven.returncode == 7
     killed = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", "kill -TERM $$")

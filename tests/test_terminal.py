@@ -415,3 +415,54 @@ def test_untrapped_command_killed_by_relayed_signal_gives_128_plus_n(
         _stop(proc)
     assert time.monotonic() - started < 20, "the command was not killed: sleep ran out"
     leftovers()
+
+
+def test_job_control_from_an_interactive_shell(
+    stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
+    leftovers: Callable[[], None],
+) -> None:
+    """Ctrl-Z stops the wrapped program (and wg-wrap with it), `fg` resumes
+    both, and the program reads the terminal again: job control as usual."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    shell = subprocess.Popen(
+        ["setsid", "--ctty", *as_user_argv(
+            test_user, ["bash", "--norc", "--noprofile", "-i"])],
+        stdin=slave, stdout=slave, stderr=slave, cwd="/",
+        env=user_env(user_runtime_dir, {"PS1": "prompt$ ", "TERM": "dumb"}),
+    )
+    os.close(slave)
+    output = b""
+
+    def expect(needle: bytes, timeout: float = 20) -> None:
+        nonlocal output
+        output = read_until(master, needle, timeout, output)
+        assert needle in output, output.decode(errors="replace")
+        output = output[output.index(needle) + len(needle):]
+
+    try:
+        expect(b"prompt$ ")
+        command = " ".join(stage.wg_wrap("run", "-c", str(conf), "--", "sh", "-c",
+                                         # quoted so the echoed command line
+                                         # does not already contain "started"
+                                         "'echo st\"\"arted; read line; echo got-$line'"))
+        os.write(master, command.encode() + b"\n")
+        expect(b"started")
+        os.write(master, b"\x1a")  # Ctrl-Z
+        expect(b"Stopped")
+        expect(b"prompt$ ")
+        os.write(master, b"fg\n")
+        time.sleep(0.5)  # let the job take the terminal back
+        os.write(master, b"hello\n")
+        expect(b"got-hello")
+        expect(b"prompt$ ")
+        os.write(master, b"echo status=$?\n")
+        expect(b"status=0")
+        os.write(master, b"exit\n")
+        assert _wait(shell, 20) == 0
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+        os.close(master)
+    leftovers()

@@ -44,3 +44,13 @@ def test_systemd_resolved_symlink_layout_puts_the_file_back_inside_the_tmpfs() -
 def test_loopback_nameservers_are_found() -> None:
     text = "nameserver 127.0.0.53\nnameserver 192.0.2.1\nnameserver ::1\n# nameserver 127.0.0.1\n"
     assert dns.loopback_nameservers(text) == ["127.0.0.53", "::1"]
+
+
+def test_unrouted_nameservers_are_those_outside_every_route() -> None:
+    text = "nameserver 192.168.1.1\nnameserver 10.64.0.1\nnameserver 127.0.0.53\n"
+    split = [ipaddress.ip_network("10.64.0.0/16")]
+    assert dns.unrouted_nameservers(text, split) == ["192.168.1.1"]
+    everything = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+    assert dns.unrouted_nameservers(text, everything) == []
+    assert dns.unrouted_nameservers("nameserver fd00::53\n", everything) == []
+    assert dns.unrouted_nameservers("nameserver fd00::53\n", split) == ["fd00::53"]

@@ -45,10 +45,13 @@ def _net() -> Net:
     return Net(v4=f"10.{n}.0", v6=f"fd00:{n}::")
 
 
-def write_conf(user_tmp: Path, user: User, dns: str | None) -> Path:
+def write_conf(
+    user_tmp: Path, user: User, dns: str | None, allowed: str = "0.0.0.0/0, ::/0"
+) -> Path:
     extra = f"DNS = {dns}\n" if dns else ""
     path = user_tmp / "dns.conf"
-    path.write_text(client_config(Keys(), _net(), free_udp_port(), dns=False, extra=extra))
+    path.write_text(client_config(Keys(), _net(), free_udp_port(), dns=False, extra=extra,
+                                  allowed=allowed))
     os.chown(path, user.uid, user.gid)
     path.chmod(0o600)
     return path
@@ -327,3 +330,18 @@ def test_fake_resolved_host_without_dns_keeps_the_hosts_file_and_warns_on_loopba
         assert warning in err, err
     else:
         assert "warning" not in err, err
+
+
+def test_fake_resolved_host_split_tunnel_without_dns_warns_the_resolver_is_not_routed(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path,
+    fake_host_cleanup: None,
+) -> None:
+    """Inside, the only routes lead into the tunnel: a host resolver outside
+    the AllowedIPs is unreachable, and wg-wrap says so."""
+    conf = write_conf(user_tmp, test_user, None, allowed="10.200.0.0/16")
+    status, seen, err = run_on_fake_host(stage, test_user, user_runtime_dir, conf,
+                                         "uplink-symlink")
+    assert status == 0, err
+    assert seen[("inside", "resolv.conf")] == UPLINK_TEXT
+    assert ("wg-wrap: warning: the host's resolver 192.0.2.1 is outside the tunnel's "
+            "AllowedIPs, unreachable inside; set DNS = in the config or pass --dns") in err, err

@@ -35,18 +35,36 @@ def render_resolv_conf(
     return "\n".join(lines) + "\n"
 
 
-def loopback_nameservers(resolv_text: str) -> list[str]:
-    """Nameservers in a resolv.conf that are unreachable from inside."""
+def _nameservers(
+    resolv_text: str,
+) -> list[tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address]]:
     found = []
     for line in resolv_text.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "nameserver":
             try:
-                if ipaddress.ip_address(parts[1].split("%")[0]).is_loopback:
-                    found.append(parts[1])
+                found.append((parts[1], ipaddress.ip_address(parts[1].split("%")[0])))
             except ValueError:
                 continue
     return found
+
+
+def loopback_nameservers(resolv_text: str) -> list[str]:
+    """Nameservers in a resolv.conf that are unreachable from inside."""
+    return [text for text, ip in _nameservers(resolv_text) if ip.is_loopback]
+
+
+def unrouted_nameservers(
+    resolv_text: str,
+    routed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> list[str]:
+    """Nameservers no route inside leads to: the namespace's only routes go
+    into the tunnel (``routed``: the AllowedIPs routes and the addresses' own
+    networks), so a host resolver outside them cannot be reached."""
+    return [
+        text for text, ip in _nameservers(resolv_text)
+        if not ip.is_loopback and not any(ip in net for net in routed)
+    ]
 
 
 @dataclass(frozen=True)

@@ -89,11 +89,20 @@ def resolv_conf_text(cfg: wgconfig.Config, request: Request) -> str:
         host = Path(dns.ETC_RESOLV).read_text()
     except OSError:
         host = ""
-    unreachable = dns.loopback_nameservers(host)
-    if unreachable:
+    loopback = dns.loopback_nameservers(host)
+    if loopback:
         warn(
-            f"the host's resolver {', '.join(unreachable)} is a loopback address, "
+            f"the host's resolver {', '.join(loopback)} is a loopback address, "
             "unreachable inside the tunnel; set DNS = in the config or pass --dns"
+        )
+    routed = [a.network for a in cfg.interface.addresses]
+    if routing_table(cfg) is not None:
+        routed += [n for p in cfg.peers for n in p.allowed_ips]
+    unrouted = dns.unrouted_nameservers(host, routed)
+    if unrouted:
+        warn(
+            f"the host's resolver {', '.join(unrouted)} is outside the tunnel's AllowedIPs, "
+            "unreachable inside; set DNS = in the config or pass --dns"
         )
     return host
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from wg_wrap import keys, launch, runtime
+from wg_wrap import keys, launch, runtime, uapi
 from wg_wrap.errors import UAPIError
 from wg_wrap.runtime import Profile, State
 
@@ -17,7 +17,7 @@ class ProfileStatus:
     profile: Profile
     state: State | None
     alive: bool
-    device: Any = None  # uapi.DeviceStatus when the sidecar answered
+    device: uapi.DeviceStatus | None = None  # when the sidecar answered
     members: tuple[int, ...] = ()
 
 
@@ -29,8 +29,6 @@ def collect(profile: Profile) -> ProfileStatus:
     if sidecar is None:
         return ProfileStatus(profile, state, False)
     try:
-        from wg_wrap import uapi
-
         try:
             device = uapi.UAPIClient(profile.uapi_path, timeout=2.0).get()
         except UAPIError:

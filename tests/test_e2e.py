@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -325,3 +327,26 @@ def test_hostname_endpoint_is_resolved_on_the_host(
     assert result.returncode == 0, result.stderr
     assert f"sees you as {wgwrap_server.net.client4}" in result.stdout
     assert f"endpoint localhost:{wgwrap_server.port} -> 127.0.0.1:" in result.stderr
+
+
+def test_setuid_programs_gain_nothing_inside(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    """A setuid-root program (a copy of id(1)) runs as root outside, and with
+    the user's own identity inside: root is not mapped in wg-wrap's namespace."""
+    where = Path(tempfile.mkdtemp(prefix="wg-wrap-suid-"))
+    try:
+        where.chmod(0o755)
+        setuid_id = where / "id"
+        shutil.copy2("/usr/bin/id", setuid_id)
+        os.chown(setuid_id, 0, 0)
+        setuid_id.chmod(0o4755)
+        outside = run_as_user(test_user, [str(setuid_id)], env=user_env(user_runtime_dir))
+        assert "euid=0(root)" in outside.stdout, "control: the copy must really be setuid"
+        conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+        inside = wg_wrap_run(stage, test_user, user_runtime_dir, conf, str(setuid_id))
+        assert inside.returncode == 0, inside.stderr
+        assert inside.stdout.startswith(f"uid={test_user.uid}(")
+        assert "euid=" not in inside.stdout and "root" not in inside.stdout
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

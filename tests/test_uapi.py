@@ -19,6 +19,7 @@ import pytest
 from conftest import need_interop_tools
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import configs, ip_endpoints, keys, networks
 
 from wg_wrap.config import Config, Endpoint, Interface, Peer, parse_config
 from wg_wrap.errors import UAPIError
@@ -286,7 +287,6 @@ def test_parse_errno_rejects_anything_else(reply: str) -> None:
 # --------------------------------------------------------------------------
 # Properties
 
-keys = st.binary(min_size=32, max_size=32)
 counters = st.integers(0, 2**64 - 1)
 
 
@@ -310,22 +310,10 @@ def test_property_key_from_hex_rejects_wrong_lengths(text: str) -> None:
         key_from_hex(text)
 
 
-def networks() -> st.SearchStrategy[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).flatmap(
-        lambda ip: st.integers(0, ip.max_prefixlen).map(
-            lambda prefix: ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
-        )
-    )
-
-
-endpoints = st.builds(
-    Endpoint, st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str), st.integers(1, 65535)
-)
-
 peer_statuses = st.builds(
     PeerStatus,
     public_key=keys,
-    endpoint=st.none() | endpoints.map(str),
+    endpoint=st.none() | ip_endpoints.map(str),
     last_handshake=st.none() | st.integers(1, 2**40).map(float),
     rx_bytes=counters,
     tx_bytes=counters,
@@ -391,26 +379,7 @@ def parse_set_request(request: str) -> tuple[bytes, list[dict[str, list[str]]]]:
     return private_key, peers
 
 
-@st.composite
-def configs(draw: st.DrawFn) -> Config:
-    public_keys = draw(st.lists(keys, min_size=1, max_size=4, unique=True))
-    peers = tuple(
-        Peer(
-            public_key=public_key,
-            preshared_key=draw(st.none() | keys),
-            allowed_ips=tuple(draw(st.lists(networks(), max_size=4))),
-            endpoint=draw(st.none() | endpoints),
-            persistent_keepalive=draw(st.none() | st.integers(1, 65535)),
-        )
-        for public_key in public_keys
-    )
-    interface = Interface(
-        private_key=draw(keys), listen_port=draw(st.none() | st.integers(0, 65535))
-    )
-    return Config(interface, peers)
-
-
-@given(configs())
+@given(configs(endpoint_strategy=ip_endpoints))
 def test_property_encode_set_carries_the_whole_config(config: Config) -> None:
     private_key, peers = parse_set_request(encode_set(config, None))
     assert private_key == config.interface.private_key

@@ -350,3 +350,24 @@ def test_setuid_programs_gain_nothing_inside(
         assert "euid=" not in inside.stdout and "root" not in inside.stdout
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_ping_sockets_and_low_ports_work_inside(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    """The namespace is the user's alone: unprivileged ICMP echo (what ping
+    uses) and ports below 1024 are allowed there."""
+    code = (
+        "import socket, struct\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)\n"
+        "s.settimeout(5)\n"
+        "s.sendto(struct.pack('!BBHHH', 8, 0, 0, 0, 1) + b'wg-wrap', ('127.0.0.1', 0))\n"
+        "reply, _ = s.recvfrom(64)\n"
+        "print('echo-reply' if reply[0] == 0 and reply.endswith(b'wg-wrap') else reply)\n"
+        "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(('127.0.0.1', 53))\n"
+        "print('bound 53')\n"
+    )
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+    result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, *_python(stage, code))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "echo-reply\nbound 53\n"

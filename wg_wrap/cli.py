@@ -110,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(up)
     _add_network(up)
     up.add_argument("--no-wait", action="store_true",
-                    help="return at once instead of waiting for the first handshake")
+                    help="return at once instead of waiting for the first handshake "
+                    "(e.g. for a server, or a peer that is not up yet)")
     up.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
-                    help="how long to wait for the first handshake (default: 15)")
+                    help="how long to wait for the first handshake, e.g. --timeout 30 "
+                    "(default: 15)")
 
     exec_ = sub.add_parser(
         "exec",
@@ -131,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "down", help="stop a profile",
         description="Stop profile NAME. Refuses while programs are attached, unless --force: "
         "then they keep running, without any network.",
+        epilog="examples:\n  wg-wrap down wg0\n  wg-wrap down --force wg0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     down.add_argument("name", metavar="NAME", help="profile name, e.g. wg0")
     down.add_argument("-f", "--force", action="store_true",
@@ -144,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show a profile in full, like `wg show`",
                             description="Addresses, DNS, MTU, keys, peers with handshakes and "
-                            "transfer, and the attached processes.")
+                            "transfer, and the attached processes.",
+                            epilog="examples:\n  wg-wrap status wg0\n  wg-wrap status --json",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     status.add_argument("name", nargs="?", metavar="NAME", help="profile name (default: all)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")

@@ -215,9 +215,6 @@ func (s *sidecarProc) inside(t *testing.T, env []string, argv ...string) string 
 }
 
 func TestTwoSidecarsPingThroughTheTunnel(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
 	for _, tool := range []string{"python3", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is needed by this test and missing: %v", tool, err)

@@ -230,19 +230,26 @@ def _split_list(value: str) -> list[str]:
     return value.replace(",", " ").split()
 
 
-def _parse_address(item: str) -> IPInterface:
+def _parse_ip_and_prefix(item: str, key: str) -> tuple[IPAddress, int]:
+    """``ip[/prefix]`` as in Address and AllowedIPs; no prefix means a host."""
     address, slash, prefix = item.partition("/")
     ip = _parse_ip_literal(address)
     if ip is None:
-        raise _ValueProblem(f"invalid address {_quote(item)} in Address")
+        raise _ValueProblem(f"invalid address {_quote(item)} in {key}")
     if not slash:
-        prefix = str(ip.max_prefixlen)
-    if _parse_number(prefix, 0, ip.max_prefixlen) is None:
+        return ip, ip.max_prefixlen
+    length = _parse_number(prefix, 0, ip.max_prefixlen)
+    if length is None:
         raise _ValueProblem(
-            f"invalid prefix length {_quote(prefix)} in Address {_quote(item)}: "
+            f"invalid prefix length {_quote(prefix)} in {key} {_quote(item)}: "
             f"expected 0 to {ip.max_prefixlen}"
         )
-    return ipaddress.ip_interface(f"{ip}/{int(prefix)}")
+    return ip, length
+
+
+def _parse_address(item: str) -> IPInterface:
+    ip, prefix = _parse_ip_and_prefix(item, "Address")
+    return ipaddress.ip_interface(f"{ip}/{prefix}")
 
 
 def _parse_allowed_ip(item: str) -> tuple[IPNetwork, bool]:
@@ -252,18 +259,8 @@ def _parse_allowed_ip(item: str) -> tuple[IPNetwork, bool]:
             f"incremental AllowedIPs entry {_quote(item)} is not supported in a config file",
             hint="remove the leading '+' or '-'",
         )
-    address, slash, prefix = item.partition("/")
-    ip = _parse_ip_literal(address)
-    if ip is None:
-        raise _ValueProblem(f"invalid address {_quote(item)} in AllowedIPs")
-    if not slash:
-        prefix = str(ip.max_prefixlen)
-    if _parse_number(prefix, 0, ip.max_prefixlen) is None:
-        raise _ValueProblem(
-            f"invalid prefix length {_quote(prefix)} in AllowedIPs {_quote(item)}: "
-            f"expected 0 to {ip.max_prefixlen}"
-        )
-    network = ipaddress.ip_network(f"{ip}/{int(prefix)}", strict=False)
+    ip, prefix = _parse_ip_and_prefix(item, "AllowedIPs")
+    network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
     return network, network.network_address != ip
 
 

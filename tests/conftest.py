@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,6 +135,18 @@ def run_as_user(
         capture_output=True,
         text=True,
     )
+
+
+@pytest.fixture
+def wgwrap_server(stage: Stage, test_user: User) -> Iterator[Any]:
+    """A second wg-wrap as the WireGuard server peer (tests/peers.py)."""
+    from peers import WgWrapServer, next_net
+
+    server = WgWrapServer(stage, test_user, next_net())
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import secrets
@@ -60,6 +61,15 @@ class Net:
     @property
     def client6(self) -> str:
         return f"{self.v6}2"
+
+
+# Each test gets its own tunnel addresses (10.N.0.0/24, fd00:N::/64).
+_NET_NUMBERS = itertools.cycle(range(60, 250))
+
+
+def next_net() -> Net:
+    n = next(_NET_NUMBERS)
+    return Net(v4=f"10.{n}.0", v6=f"fd00:{n}::")
 
 
 @dataclass

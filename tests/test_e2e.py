@@ -7,7 +7,6 @@ server, and Debian's stock wireguard-go configured by `wg`.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import socket
@@ -25,22 +24,15 @@ from peers import (
     HTTP_PORT,
     UDP_PORT,
     Keys,
-    Net,
     Server,
     StockServer,
-    WgWrapServer,
     client_config,
     free_udp_port,
+    next_net,
 )
 
 pytestmark = pytest.mark.e2e
 
-_nets = itertools.count(70)
-
-
-def _net() -> Net:
-    n = next(_nets)
-    return Net(v4=f"10.{n}.0", v6=f"fd00:{n}::")
 
 
 @pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
@@ -48,14 +40,10 @@ def server(
     request: pytest.FixtureRequest, stage: Stage, test_user: User
 ) -> Iterator[Server]:
     if request.param == "wg-wrap":
-        srv: Server = WgWrapServer(stage, test_user, _net())
-        try:
-            yield srv
-        finally:
-            srv.stop()
+        yield request.getfixturevalue("wgwrap_server")
     else:
         need_interop_tools()
-        srv = StockServer(stage, _net())
+        srv = StockServer(stage, next_net())
         try:
             yield srv
         finally:
@@ -131,15 +119,6 @@ def test_udp_round_trip(
     assert server.log.wait_for(f"udp {server.net.client4} 15", 5)
 
 
-@pytest.fixture
-def wgwrap_server(stage: Stage, test_user: User) -> Iterator[Server]:
-    srv = WgWrapServer(stage, test_user, _net())
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 def test_inside_only_lo_and_the_tunnel_exist(
     server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
 ) -> None:
@@ -166,7 +145,7 @@ def test_exit_status_and_signals_pass_through(
 def test_runs_with_the_callers_identity_and_no_capabilities(
     stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
 ) -> None:
-    conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), free_udp_port()))
     result = wg_wrap_run(
         stage, test_user, user_runtime_dir, conf, "sh", "-c",
         "id -u; id -g; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status",
@@ -245,7 +224,7 @@ def test_tunnel_down_means_no_traffic_and_nothing_in_clear(
     host_tcp.bind(("127.0.0.1", 0))
     host_tcp.listen(5)
     host_tcp.settimeout(0.2)
-    net = _net()
+    net = next_net()
     conf = write_conf(user_tmp, test_user, client_config(Keys(), net, port, dns=False))
     received: list[bytes] = []
     stop = threading.Event()
@@ -293,7 +272,7 @@ def test_tunnel_down_means_no_traffic_and_nothing_in_clear(
 def test_mtu_addresses_and_routes_follow_the_config(
     stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
 ) -> None:
-    net = _net()
+    net = next_net()
     script = "ip -o link show tun0; ip -o addr show dev tun0; ip route; ip -6 route"
     conf = write_conf(user_tmp, test_user, client_config(
         Keys(), net, free_udp_port(), dns=False, extra="MTU = 1380\n",
@@ -343,7 +322,7 @@ def test_setuid_programs_gain_nothing_inside(
         setuid_id.chmod(0o4755)
         outside = run_as_user(test_user, [str(setuid_id)], env=user_env(user_runtime_dir))
         assert "euid=0(root)" in outside.stdout, "control: the copy must really be setuid"
-        conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+        conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), free_udp_port()))
         inside = wg_wrap_run(stage, test_user, user_runtime_dir, conf, str(setuid_id))
         assert inside.returncode == 0, inside.stderr
         assert inside.stdout.startswith(f"uid={test_user.uid}(")
@@ -367,7 +346,7 @@ def test_ping_sockets_and_low_ports_work_inside(
         "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(('127.0.0.1', 53))\n"
         "print('bound 53')\n"
     )
-    conf = write_conf(user_tmp, test_user, client_config(Keys(), _net(), free_udp_port()))
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), free_udp_port()))
     result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, *_python(stage, code))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "echo-reply\nbound 53\n"

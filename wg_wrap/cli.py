@@ -242,26 +242,19 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return join.exec_in(args.name, _command(args), args.verbose)
     if args.action in ("ls", "status"):
-        from wg_wrap import runtime, status
+        from wg_wrap import status
 
         if args.action == "ls":
-            print(status.format_ls(status.all_profiles()))
-            return 0
-        if args.name:
-            base = runtime.base_dir(create=False)
-            profile = runtime.Profile.at(base, args.name)
-            if not os.path.isdir(profile.dir):
-                from wg_wrap.join import not_running
+            return status.show_list()
+        return status.show(args.name, as_json=args.json)
+    if args.action == "doctor":
+        from wg_wrap import doctor
 
-                raise not_running(args.name)
-            found = [status.collect(profile)]
-        else:
-            found = status.all_profiles()
-        if args.json:
-            print(status.format_json(found))
-        else:
-            print("\n\n".join(status.format_status(st) for st in found) or "no profiles")
-        return 0
+        return doctor.main()
+    if args.action == "demo":
+        from wg_wrap import demo
+
+        return demo.main(verbose=args.verbose)
     from wg_wrap import session
 
     if args.action == "run":
@@ -272,14 +265,6 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.action == "down":
         print(session.down(args.name, force=args.force, verbose=args.verbose))
         return 0
-    if args.action == "doctor":
-        from wg_wrap import doctor
-
-        return doctor.main()
-    if args.action == "demo":
-        from wg_wrap import demo
-
-        return demo.main(verbose=args.verbose)
     raise UsageError(f"unknown command {args.action!r}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -178,3 +179,27 @@ def format_status(st: ProfileStatus) -> str:
 
 def format_json(statuses: list[ProfileStatus]) -> str:
     return json.dumps([as_dict(st) for st in statuses], indent=2)
+
+
+def show_list() -> int:
+    """``wg-wrap ls``."""
+    print(format_ls(all_profiles()))
+    return 0
+
+
+def show(name: str | None, as_json: bool) -> int:
+    """``wg-wrap status [NAME] [--json]``."""
+    if name:
+        profile = Profile.at(runtime.base_dir(create=False), name)
+        if not os.path.isdir(profile.dir):
+            from wg_wrap.join import not_running
+
+            raise not_running(name)
+        found = [collect(profile)]
+    else:
+        found = all_profiles()
+    if as_json:
+        print(format_json(found))
+    else:
+        print("\n\n".join(format_status(st) for st in found) or "no profiles")
+    return 0

@@ -1,17 +1,29 @@
-# wg-wrap — build, test, demo, install.
-#   make            build the launcher (C) and the sidecar (Go) into build/
+# wg-wrap — build, test, demo, install, package.
+#   make            build the launcher (C) and the sidecar (Go) into build/, offline
 #   make demo       a local WireGuard peer and a wrapped program talking through it
 #   make test       everything: go vet + go test, ruff + mypy, then pytest (unit, property, end to end)
-#   make install    PREFIX=/usr/local DESTDIR= BINDIR= LIBEXECDIR= PYTHON=
-# Quiet unless V=1.
+#   make install    PREFIX=/usr/local DESTDIR= BINDIR= LIBEXECDIR= MANDIR= DATADIR= PYTHON=
+#   make dist       wg-wrap-VERSION.tar.gz: the source a packager needs, vendored Go modules included
+#   make vendor     refresh go-sidecar/vendor/ from go.mod (needs the network)
+# Quiet unless V=1. The build never touches the network: Go modules come from
+# go-sidecar/vendor/, and GOTOOLCHAIN=local forbids toolchain downloads.
+
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' wg_wrap/__init__.py)
 
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
 LIBEXECDIR ?= $(PREFIX)/libexec
+DATADIR    ?= $(PREFIX)/share
+MANDIR     ?= $(DATADIR)/man
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR  ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+SYSTEMDUSERUNITDIR ?= $(PREFIX)/lib/systemd/user
 DESTDIR    ?=
 PYTHON     ?= /usr/bin/python3
 GO         ?= go
 STAGE      ?= /var/tmp/wg-wrap-stage
+DISTDIR    ?= dist
 PYTEST_ARGS ?=
 
 V ?= 0
@@ -21,46 +33,79 @@ else
 Q = @
 endif
 
+# The C launcher: the distribution's CPPFLAGS, CFLAGS and LDFLAGS are honoured
+# (they come after ours, so they win); hardening is on by default: PIE, full
+# RELRO, BIND_NOW, stack protector, _FORTIFY_SOURCE unless already chosen.
+# -ffile-prefix-map keeps the build directory out of the binary.
 CFLAGS ?= -O2 -g
-LAUNCHER_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wconversion \
-	-Wno-sign-conversion -Wmissing-prototypes -Wstrict-prototypes \
-	-D_FORTIFY_SOURCE=2 -fstack-protector-strong
+LAUNCHER_CPPFLAGS = -DWG_WRAP_VERSION='"$(VERSION)"' \
+	$(if $(findstring _FORTIFY_SOURCE,$(CPPFLAGS) $(CFLAGS)),,-D_FORTIFY_SOURCE=2)
+LAUNCHER_CFLAGS = -std=gnu11 -fPIE -fstack-protector-strong -ffile-prefix-map=$(CURDIR)=. \
+	-Wall -Wextra -Werror -Wshadow -Wformat=2 -Wconversion \
+	-Wno-sign-conversion -Wmissing-prototypes -Wstrict-prototypes
+LAUNCHER_LDFLAGS = -pie -Wl,-z,relro -Wl,-z,now
 
-SIDECAR_SOURCES = $(shell find go-sidecar -name '*.go' -not -name '*_test.go') \
-	go-sidecar/go.mod go-sidecar/go.sum
+# The Go sidecar: vendored modules, no paths, build ids or VCS stamps baked
+# in; PIE with BIND_NOW. GO_BUILDFLAGS adds the packager's own flags.
+GO_BUILDFLAGS ?=
+SIDECAR_GOFLAGS = -mod=vendor -trimpath -buildvcs=false -buildmode=pie \
+	-ldflags='-buildid= -bindnow -X main.version=$(VERSION)' $(GO_BUILDFLAGS)
+GO_ENV = CGO_ENABLED=0 GOTOOLCHAIN=local GOPROXY=off GOFLAGS= GOCACHE=$(GO_CACHE)
+# Go needs a build cache; where $HOME is missing or read-only (package
+# builders), keep it in build/.
+GO_CACHE = $(shell d=$$($(GO) env GOCACHE 2>/dev/null); \
+	if [ -n "$$d" ] && [ "$$d" != off ] && mkdir -p "$$d" 2>/dev/null && [ -w "$$d" ]; \
+	then echo "$$d"; else echo "$(CURDIR)/build/go-cache"; fi)
 
-.PHONY: all binaries test test-go test-py stage demo install clean lint
+SIDECAR_SOURCES = $(shell find go-sidecar -name '*.go' -not -name '*_test.go' -not -path '*/vendor/*') \
+	go-sidecar/go.mod go-sidecar/go.sum go-sidecar/vendor/modules.txt
+
+.PHONY: all binaries test test-go test-py stage demo install install-binaries install-data \
+	clean lint vendor dist
 
 all: binaries
 
 binaries: build/wg-wrap-launcher build/wg-wrap-sidecar
 
-build/wg-wrap-launcher: launcher/wg-wrap-launcher.c
+build/wg-wrap-launcher: launcher/wg-wrap-launcher.c wg_wrap/__init__.py
 	@mkdir -p build
 	@echo "  CC      $@"
-	$(Q)$(CC) $(CFLAGS) $(LAUNCHER_CFLAGS) $(LDFLAGS) -o $@ $<
+	$(Q)$(CC) $(LAUNCHER_CPPFLAGS) $(CPPFLAGS) $(LAUNCHER_CFLAGS) $(CFLAGS) $(LAUNCHER_LDFLAGS) $(LDFLAGS) -o $@ $<
 
-build/wg-wrap-sidecar: $(SIDECAR_SOURCES)
+build/wg-wrap-sidecar: $(SIDECAR_SOURCES) wg_wrap/__init__.py
 	@mkdir -p build
 	@echo "  GO      $@"
-	$(Q)cd go-sidecar && CGO_ENABLED=0 $(GO) build -trimpath -o ../build/wg-wrap-sidecar .
+	$(Q)cd go-sidecar && $(GO_ENV) $(GO) build $(SIDECAR_GOFLAGS) -o ../build/wg-wrap-sidecar .
 
-install: binaries
-	$(Q)install -d $(DESTDIR)$(LIBEXECDIR)/wg-wrap
-	$(Q)install -m 0755 build/wg-wrap-launcher build/wg-wrap-sidecar $(DESTDIR)$(LIBEXECDIR)/wg-wrap/
+install: install-binaries install-data
 	$(Q)$(PYTHON) scripts/install-python.py --prefix=$(PREFIX) --bindir=$(BINDIR) \
 		--destdir=$(DESTDIR) .
+
+install-binaries: binaries
+	$(Q)install -d $(DESTDIR)$(LIBEXECDIR)/wg-wrap
+	$(Q)install -m 0755 build/wg-wrap-launcher build/wg-wrap-sidecar $(DESTDIR)$(LIBEXECDIR)/wg-wrap/
+
+# The systemd user unit and the AppArmor profile name the installed paths.
+install-data:
+	$(Q)install -d $(DESTDIR)$(SYSTEMDUSERUNITDIR) $(DESTDIR)$(DATADIR)/wg-wrap/apparmor
+	$(Q)sed 's|@BINDIR@|$(BINDIR)|g' packaging/systemd/wg-wrap@.service.in \
+		> $(DESTDIR)$(SYSTEMDUSERUNITDIR)/wg-wrap@.service
+	$(Q)chmod 0644 $(DESTDIR)$(SYSTEMDUSERUNITDIR)/wg-wrap@.service
+	$(Q)sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' packaging/apparmor/wg-wrap-launcher.in \
+		> $(DESTDIR)$(DATADIR)/wg-wrap/apparmor/wg-wrap-launcher
+	$(Q)chmod 0644 $(DESTDIR)$(DATADIR)/wg-wrap/apparmor/wg-wrap-launcher
 
 # A world-readable install for the unprivileged test user (see tests/conftest.py).
 stage: binaries
 	$(Q)STAGE=$(STAGE) PYTHON=$(PYTHON) scripts/stage.sh
 
 test-go:
-	$(Q)cd go-sidecar && $(GO) vet ./... && $(GO) test -count=1 ./...
+	$(Q)cd go-sidecar && GOFLAGS=-mod=vendor GOTOOLCHAIN=local $(GO) vet ./... && \
+		GOFLAGS=-mod=vendor GOTOOLCHAIN=local $(GO) test -count=1 ./...
 
 test-py: stage
 	$(Q)if [ "$$(id -u)" = 0 ]; then scripts/prepare-test-machine.sh; fi
-	$(Q)$(STAGE)/venv/bin/python -m pytest $(PYTEST_ARGS)
+	$(Q)WG_WRAP_STAGE=$(STAGE) $(STAGE)/venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test: test-go lint test-py
 
@@ -70,6 +115,21 @@ demo: stage
 lint: stage
 	$(Q)$(STAGE)/venv/bin/python -m ruff check wg_wrap tests scripts
 	$(Q)$(STAGE)/venv/bin/python -m mypy
+
+vendor:
+	$(Q)cd go-sidecar && $(GO) mod tidy && $(GO) mod verify && $(GO) mod vendor
+
+# The tracked files as they are in the working tree, in a tarball that is the
+# same byte for byte on every run: sorted, owned by 0, mtime of the last commit.
+dist:
+	@mkdir -p $(DISTDIR)
+	@echo "  DIST    $(DISTDIR)/wg-wrap-$(VERSION).tar.gz"
+	$(Q)SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct)} && \
+	git ls-files -z | LC_ALL=C tar --null -T - --sort=name --format=gnu \
+		--owner=0 --group=0 --numeric-owner --mode=go=rX,u+rw,a-s \
+		--mtime=@$$SOURCE_DATE_EPOCH --transform='s,^,wg-wrap-$(VERSION)/,' -cf - \
+		| gzip -n -9 > $(DISTDIR)/wg-wrap-$(VERSION).tar.gz.tmp
+	$(Q)mv $(DISTDIR)/wg-wrap-$(VERSION).tar.gz.tmp $(DISTDIR)/wg-wrap-$(VERSION).tar.gz
 
 clean:
 	$(Q)rm -rf build dist *.egg-info

@@ -7,6 +7,7 @@
 // live as long as it does.
 //
 //	wg-wrap-sidecar --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]] [-v]
+//	wg-wrap-sidecar --version
 package main
 
 import (
@@ -58,6 +59,10 @@ type options struct {
 }
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "--version" {
+		fmt.Println(versionLine())
+		return
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 

@@ -203,3 +203,21 @@ func TestListenUAPI(t *testing.T) {
 		t.Fatal("listenUAPI replaced an existing file")
 	}
 }
+
+func TestVersionLineNamesTheWireguardModule(t *testing.T) {
+	goMod, err := os.ReadFile("go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := ""
+	for _, line := range strings.Split(string(goMod), "\n") {
+		if fields := strings.Fields(line); len(fields) == 2 && fields[0] == wireguardModule {
+			pinned = fields[1]
+		}
+	}
+	line := versionLine()
+	want := "wg-wrap-sidecar " + version + " (wireguard-go " + pinned + ", go"
+	if !strings.HasPrefix(line, want) {
+		t.Fatalf("versionLine() = %q, want prefix %q", line, want)
+	}
+}

@@ -57,6 +57,10 @@ static const char usage_text[] =
   "       " PROG_NAME " join (--pidfd N | --pid N) [--cwd DIR] -- PROGRAM [ARG]...\n"
   "       " PROG_NAME " --version | --help\n"
   "\n"
+  "--expect-version V, before the command, refuses to run unless V is the\n"
+  "launcher's own version (wg-wrap passes its version: a stale helper left\n"
+  "behind by an upgrade must fail, not half work).\n"
+  "\n"
   "create: unshare user, mount and network namespaces, map the caller's uid and\n"
   "gid to themselves, run the OPs in the order given, then execute PROGRAM with\n"
   "CAP_NET_ADMIN (only) as an ambient capability.\n"
@@ -556,6 +560,17 @@ cmd_join(int argc, char *argv[])
 int
 main(int argc, char *argv[])
 {
+  if (argc >= 2 && strcmp(argv[1], "--expect-version") == 0) {
+    if (argc < 3)
+      die_usage("--expect-version needs a version");
+    if (strcmp(argv[2], WG_WRAP_VERSION) != 0) {
+      fprintf(stderr, PROG_NAME ": this is version %s, but wg-wrap %s runs it: "
+              "install both from the same release\n", WG_WRAP_VERSION, argv[2]);
+      exit(EXIT_LAUNCHER_FAILED);
+    }
+    argc -= 2;
+    argv += 2;
+  }
   if (argc < 2)
     die_usage("missing command");
   if (strcmp(argv[1], "--help") == 0) {

@@ -36,7 +36,20 @@ from wg_wrap.errors import SetupError
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 BINARIES = (paths.LAUNCHER, paths.SIDECAR)
-VERSION_LINE = f"wg-wrap {wg_wrap.__version__}\n"
+VERSION = wg_wrap.__version__
+
+
+def assert_version_report(stdout: str, libexec: Path) -> None:
+    """`wg-wrap --version`: ours, then each helper's with where it was found."""
+    lines = stdout.splitlines()
+    assert lines[0] == f"wg-wrap {VERSION}", stdout
+    assert lines[1] == f"wg-wrap-launcher {VERSION}  [{libexec / paths.LAUNCHER}]", stdout
+    assert re.fullmatch(
+        rf"wg-wrap-sidecar {re.escape(VERSION)} \(wireguard-go v\S+, go[\d.]+\)  "
+        rf"\[{re.escape(str(libexec / paths.SIDECAR))}\]",
+        lines[2],
+    ), stdout
+    assert len(lines) == 3, stdout
 # Variables of the calling environment that would change what is built or found.
 SCRUBBED = (
     "WG_WRAP_LIBEXEC_DIR",
@@ -189,7 +202,7 @@ def test_pip_installed_console_script_and_python_m_are_the_same_program(
         by_module = run([pip_installed.python, "-m", "wg_wrap", *args])
         assert by_script.stdout == by_module.stdout, args
         assert by_script.stderr == by_module.stderr == "", args
-    assert run([script, "--version"]).stdout == VERSION_LINE
+    assert_version_report(run([script, "--version"]).stdout, pip_installed.package / "_libexec")
     # and a usage error is reported the same way, with the same status
     errors = [
         subprocess.run(argv, capture_output=True, text=True, env=clean_env(), timeout=60, cwd="/")
@@ -298,8 +311,10 @@ def test_make_install_stages_into_destdir(
     module, found_libexec = found.stdout.splitlines()
     assert Path(module).parent == package
     assert Path(found_libexec) == destdir / libexec
-    assert run([script, "--version"], env=env).stdout == VERSION_LINE
-    assert run([build_env.python, "-m", "wg_wrap", "--version"], env=env).stdout == VERSION_LINE
+    assert_version_report(run([script, "--version"], env=env).stdout, destdir / libexec)
+    assert_version_report(
+        run([build_env.python, "-m", "wg_wrap", "--version"], env=env).stdout, destdir / libexec
+    )
 
 
 def test_staged_install_finds_its_helpers(stage: Stage) -> None:
@@ -426,7 +441,10 @@ def test_make_is_quiet_unless_v_1(tmp_path: Path) -> None:
         r"\S*(cc|gcc) .*-Werror .*-o build/wg-wrap-launcher launcher/wg-wrap-launcher\.c", lines[1]
     ), lines[1]
     assert lines[2] == "  GO      build/wg-wrap-sidecar"
-    assert re.fullmatch(r".*go build -trimpath -o \.\./build/wg-wrap-sidecar \.", lines[3]), lines
+    assert re.fullmatch(
+        r"cd go-sidecar && .*GOPROXY=off .*go build -mod=vendor -trimpath .*"
+        r"-o \.\./build/wg-wrap-sidecar \.", lines[3]
+    ), lines
     assert len(lines) == 4 and loud.stderr == ""
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-from wg_wrap import __version__
 from wg_wrap.errors import UsageError, WgWrapError
 
 # argparse and friends are imported where they are needed: `wg-wrap exec`
@@ -63,6 +62,16 @@ def _ip_text(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
+    class _VersionAction(argparse.Action):
+        def __init__(self, option_strings: list[str], dest: str, **kw: object) -> None:
+            super().__init__(option_strings, dest, nargs=0, **kw)  # type: ignore[arg-type]
+
+        def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+            from wg_wrap import version
+
+            print(version.report())
+            parser.exit()
+
     class _Parser(argparse.ArgumentParser):
         def error(self, message: str) -> None:  # type: ignore[override]
             raise UsageError(message, hint=f"see `{self.prog} --help`")
@@ -71,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description=DESCRIPTION, epilog=RUN_EXAMPLES + MORE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction,
+        help="show wg-wrap's version and its helpers' (with the wireguard-go module the "
+        "sidecar was built with), then exit",
+    )
     sub = parser.add_subparsers(dest="action", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wg_wrap import dns, paths, runtime
+from wg_wrap import __version__, dns, paths, runtime, version
 from wg_wrap.errors import WgWrapError
 
 TUN = "/dev/net/tun"
@@ -64,7 +64,8 @@ def hint_for(reason: str) -> str | None:
 
 def _helpers() -> Check:
     try:
-        return Check("helper programs", True, paths.libexec_dir())
+        version.check_helpers()
+        return Check("helper programs", True, f"{paths.libexec_dir()} (version {__version__})")
     except WgWrapError as e:
         return Check("helper programs", False, e.message, e.hint or "")
 

@@ -11,7 +11,7 @@ import os
 import select
 import time
 
-from wg_wrap import paths
+from wg_wrap import __version__, paths
 from wg_wrap.errors import SetupError
 from wg_wrap.runtime import Profile, process_start_time
 
@@ -118,7 +118,8 @@ def start_sidecar(
         sidecar_argv += ["--hold", profile.hold_path, "--state-dir", profile.dir]
     if verbose:
         sidecar_argv.append("-v")
-    argv = [paths.launcher(), "create", *mount_ops, "--", *sidecar_argv]
+    argv = [paths.launcher(), "--expect-version", __version__, "create", *mount_ops, "--",
+            *sidecar_argv]
     ready_r, ready_w = os.pipe()
     env = dict(os.environ)
     env["WG_WRAP_HOST_SOCKET_FD"] = str(host_socket.fileno())
@@ -215,7 +216,8 @@ def _failure_hint(reason: str, verbose: bool) -> str:
 
 
 def join_argv(sidecar: Sidecar, command: Sequence[str]) -> list[str]:
-    return [str(paths.launcher()), "join", "--pidfd", str(sidecar.pidfd), "--", *command]
+    return [paths.launcher(), "--expect-version", __version__, "join", "--pidfd",
+            str(sidecar.pidfd), "--", *command]
 
 
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,

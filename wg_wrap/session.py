@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wg_wrap import config as wgconfig
-from wg_wrap import dns, hostnet, keys, launch, netns, runtime, uapi
+from wg_wrap import dns, hostnet, keys, launch, netns, runtime, uapi, version
 from wg_wrap.errors import ProfileError, SetupError
 from wg_wrap.join import Attached, attach_running, finish, not_running, take_hold, trace
 from wg_wrap.runtime import Profile, State
@@ -120,6 +120,7 @@ def start_profile(
     verbose = request.verbose
     path = request.config_path
     table = routing_table(cfg)
+    version.check_helpers()
     with contextlib.ExitStack() as undo:
         trace(verbose, f"mkdir {profile.dir}")
         profile.create_dir()

@@ -111,9 +111,9 @@ def test_missing_config_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_usage_errors_exit_2_with_a_hint(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["run", "--", "true"]) == 2
+    assert cli.main(["run", "--dns", "nameserver", "--", "true"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("wg-wrap: error: ") and "-c/--config" in err
+    assert err.startswith("wg-wrap: error: ") and "--dns" in err
     assert "hint: see `wg-wrap run --help`" in err
 
 

@@ -98,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument(
-        "-c", "--config", required=True, metavar="FILE",
+        "-c", "--config", metavar="FILE",
         help="wg-quick configuration file, e.g. -c ~/vpn/wg0.conf (the one your VPN provider "
-        "gave you); PostUp/PreDown hooks, FwMark and SaveConfig are ignored",
+        "gave you); PostUp/PreDown hooks, FwMark and SaveConfig are ignored. Without -c, "
+        "-n NAME joins profile NAME if it is up, else reads NAME.conf from "
+        "$XDG_CONFIG_HOME/wg-wrap (~/.config/wg-wrap)",
     )
     _add_common(run)
     _add_network(run)
@@ -113,18 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="start a persistent tunnel that later commands join (`exec`, `run`)",
         description="Start the tunnel of FILE as profile NAME and keep it until `wg-wrap down "
-        "NAME`, even with nothing attached. Waits for the first handshake, then prints NAME.",
+        "NAME`, even with nothing attached. Waits for the first handshake, then prints NAME. "
+        "With --foreground it stays, for systemd: see wg-wrap@.service.",
         epilog="examples:\n  wg-wrap up -c ~/vpn/wg0.conf\n  wg-wrap exec wg0 -- firefox\n"
-        "  wg-wrap down wg0",
+        "  wg-wrap down wg0\n"
+        "  wg-wrap up -n wg0                 (reads ~/.config/wg-wrap/wg0.conf)\n"
+        "  systemctl --user enable --now wg-wrap@wg0   (runs `wg-wrap up --foreground -n wg0`)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    up.add_argument("-c", "--config", required=True, metavar="FILE",
-                    help="wg-quick configuration file, e.g. -c ~/vpn/wg0.conf")
+    up.add_argument("-c", "--config", metavar="FILE",
+                    help="wg-quick configuration file, e.g. -c ~/vpn/wg0.conf; without it, "
+                    "-n NAME reads NAME.conf from $XDG_CONFIG_HOME/wg-wrap (~/.config/wg-wrap)")
     _add_common(up)
     _add_network(up)
     up.add_argument("--no-wait", action="store_true",
                     help="return at once instead of waiting for the first handshake "
                     "(e.g. for a server, or a peer that is not up yet)")
+    up.add_argument("--foreground", action="store_true",
+                    help="stay in the foreground until SIGTERM or Ctrl-C, then take the profile "
+                    "down; tell systemd (Type=notify) when the tunnel is up; exit non-zero if "
+                    "the sidecar dies")
     up.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
                     help="how long to wait for the first handshake, e.g. --timeout 30 "
                     "(default: 15)")
@@ -273,6 +283,9 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.action == "run":
         return session.run(_request(args), _command(args))
     if args.action == "up":
+        if args.foreground:
+            return session.up_foreground(_request(args), wait=not args.no_wait,
+                                         timeout=args.timeout)
         print(session.up(_request(args), wait=not args.no_wait, timeout=args.timeout))
         return 0
     if args.action == "down":

@@ -46,7 +46,8 @@ class Sidecar:
             os.close(self.pidfd)
             self.pidfd = -1
 
-    def exited(self, timeout: float = 0.0) -> bool:
+    def exited(self, timeout: float | None = 0.0) -> bool:
+        """Whether it has ended, waiting up to timeout seconds (None: until it does)."""
         ready, _, _ = select.select([self.pidfd], [], [], timeout)
         if ready and self.process is not None:
             self.process.wait()  # reap: a zombie still shows up in /proc
@@ -122,6 +123,7 @@ def start_sidecar(
             *sidecar_argv]
     ready_r, ready_w = os.pipe()
     env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)  # systemd's readiness is ours to report, not the sidecar's
     env["WG_WRAP_HOST_SOCKET_FD"] = str(host_socket.fileno())
     env["WG_WRAP_READY_FD"] = str(ready_w)
     log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -177,32 +179,27 @@ def _wait_ready(fd: int, process: subprocess.Popen[bytes], log_path: str, verbos
         return
     process.wait()
     _show_log(log_path, verbose)
-    reason = line.removeprefix("ERROR ").strip() if line else _last_line(log_path)
+    last = last_log_lines(log_path, 1)
+    reason = line.removeprefix("ERROR ").strip() if line else "".join(last)
     raise SetupError(
         f"starting the sidecar: {reason or 'it exited'}", hint=_failure_hint(reason, verbose)
     )
 
 
-def _last_line(path: str) -> str:
+def last_log_lines(path: str, count: int) -> list[str]:
+    """The last lines of the sidecar's log (none if it cannot be read)."""
     try:
         with open(path, errors="replace") as f:
-            lines = f.read().strip().splitlines()
+            return f.read().strip().splitlines()[-count:]
     except OSError:
-        return ""
-    return lines[-1] if lines else ""
+        return []
 
 
 def _show_log(path: str, verbose: bool) -> None:
     """With -v, the sidecar's log before the failed start is cleaned up."""
-    if not verbose:
-        return
-    try:
-        with open(path, errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return
-    for line in text.strip().splitlines()[-20:]:
-        os.write(2, f"wg-wrap: [sidecar.log] {line}\n".encode())
+    if verbose:
+        for line in last_log_lines(path, 20):
+            os.write(2, f"wg-wrap: [sidecar.log] {line}\n".encode())
 
 
 def _failure_hint(reason: str, verbose: bool) -> str:

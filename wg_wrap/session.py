@@ -10,20 +10,22 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import signal
 import stat
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from wg_wrap import config as wgconfig
-from wg_wrap import dns, hostnet, keys, launch, netns, runtime, uapi, version
-from wg_wrap.errors import ProfileError, SetupError
+from wg_wrap import dns, hostnet, keys, launch, netns, notify, runtime, uapi, version
+from wg_wrap.errors import ProfileError, SetupError, UsageError
 from wg_wrap.join import Attached, attach_running, finish, not_running, take_hold, trace
 from wg_wrap.runtime import Profile, State
 
 DEFAULT_MTU = 1420
+PROGRESS_INTERVAL = 5.0  # seconds between STATUS= reports while waiting
 MAIN_TABLE = 254
 IFNAME = "tun0"
 
@@ -32,11 +34,33 @@ def warn(message: str) -> None:
     print(f"wg-wrap: warning: {message}", file=sys.stderr, flush=True)
 
 
+def config_dir() -> str:
+    """Where configs are found by name: ``$XDG_CONFIG_HOME/wg-wrap``
+    (default ``~/.config/wg-wrap``), as wg-quick finds /etc/wireguard/NAME.conf."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "wg-wrap")
+    return os.path.join(os.path.expanduser("~"), ".config", "wg-wrap")
+
+
+def named_config(name: str) -> str:
+    """The config of profile NAME when no -c is given: ``NAME.conf`` in config_dir()."""
+    runtime.check_profile_name(name)
+    path = os.path.join(config_dir(), f"{name}.conf")
+    if not os.path.exists(path):
+        raise ProfileError(
+            f"no config for profile {name!r}: {path} does not exist",
+            hint=f"put the wg-quick config there (`install -m 600 -D wg0.conf {path}`), "
+            "or give it with -c FILE",
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class Request:
-    """What the user asked for: a config, a profile name, options."""
+    """What the user asked for: a config (None: found by name), a profile name, options."""
 
-    config_path: str
+    config_path: str | None
     name: str | None = None
     dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     listen_address: str | None = None
@@ -46,6 +70,11 @@ class Request:
     def profile_name(self) -> str:
         if self.name:
             return self.name
+        if self.config_path is None:
+            raise UsageError(
+                "no config: give a config file with -c FILE, or a profile name with -n NAME",
+                hint=f"-n NAME reads NAME.conf from {config_dir()}",
+            )
         try:
             is_file = stat.S_ISREG(os.stat(self.config_path).st_mode)
         except OSError:
@@ -57,16 +86,26 @@ class Request:
             )
         return Path(self.config_path).stem
 
+    @property
+    def path(self) -> str:
+        """The config file: as given, or found by the profile's name."""
+        if self.config_path is not None:
+            return self.config_path
+        return named_config(self.profile_name)
 
-def load(request: Request) -> wgconfig.Config:
+
+def load(request: Request) -> tuple[Request, wgconfig.Config]:
+    """Read and check the config; returns the request with its config path set."""
     runtime.check_profile_name(request.profile_name)  # before a pipe is read
-    cfg = wgconfig.load_config(request.config_path)
+    path = request.path
+    request = replace(request, config_path=path)
+    cfg = wgconfig.load_config(path)
     for warning in cfg.warnings:
         warn(str(warning))
-    perm = wgconfig.permission_warning(request.config_path)
+    perm = wgconfig.permission_warning(path)
     if perm:
         warn(perm)
-    return cfg
+    return request, cfg
 
 
 def routing_table(cfg: wgconfig.Config) -> int | None:
@@ -118,7 +157,7 @@ def start_profile(
 ) -> Attached:
     """Bring a profile up; the caller holds the runtime lock."""
     verbose = request.verbose
-    path = request.config_path
+    path = request.path
     table = routing_table(cfg)
     version.check_helpers()
     with contextlib.ExitStack() as undo:
@@ -227,7 +266,8 @@ def stop_started(attached: Attached) -> None:
 
 
 def wait_for_handshake(
-    profile: Profile, cfg: wgconfig.Config, timeout: float, verbose: bool
+    profile: Profile, cfg: wgconfig.Config, timeout: float, verbose: bool,
+    progress: Callable[[str], object] | None = None,
 ) -> None:
     """Block until some peer with an endpoint has completed a handshake.
 
@@ -246,10 +286,16 @@ def wait_for_handshake(
         client.set(uapi.encode_keepalive(quiet, 0))
     targets = ", ".join(str(p.endpoint) for p in peers)
     print(f"wg-wrap: waiting for the handshake with {targets} ...", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline, reported = start + timeout, start - PROGRESS_INTERVAL
     while time.monotonic() < deadline:
         if any(p.last_handshake for p in client.get().peers):
             return
+        now = time.monotonic()
+        if progress is not None and now - reported >= PROGRESS_INTERVAL:
+            progress(f"waiting for the first handshake with {targets} "
+                     f"({now - start:.0f} s of {timeout:g} s)")
+            reported = now
         time.sleep(0.1)
     raise SetupError(
         f"no handshake with {targets} within {timeout:g} s",
@@ -259,27 +305,140 @@ def wait_for_handshake(
     )
 
 
+def join_by_name(request: Request) -> Attached | None:
+    """Without -c, a running profile of that name is joined whatever its
+    config (None: not running, the config is then looked up by name)."""
+    if request.config_path is not None or not request.name:
+        return None
+    base = runtime.base_dir(create=False)
+    if not os.path.isdir(base):
+        return None
+    profile = Profile.at(base, request.name)
+    with runtime.locked(base):
+        attached = attach_running(profile)
+    if attached is not None:
+        trace(request.verbose, f"joining running profile {profile.name}")
+    return attached
+
+
 def up(request: Request, wait: bool = True, timeout: float = 15.0) -> str:
     """``wg-wrap up``: start a persistent profile (or find it already up)."""
-    cfg = load(request)
-    attached = acquire(request, cfg, "persistent")
+    attached = join_by_name(request)
+    if attached is None:
+        request, cfg = load(request)
+        attached = acquire(request, cfg, "persistent")
+        if attached.started and wait:
+            try:
+                wait_for_handshake(attached.profile, cfg, timeout, request.verbose)
+            except BaseException:
+                stop_started(attached)
+                raise
+    attached.release()
+    attached.sidecar.close()
     if attached.mode != "persistent":
-        attached.release()
-        attached.sidecar.close()
         raise ProfileError(
             f"profile {attached.profile.name!r} is already running, started by `run`: "
             "it ends with its last program",
             hint="use another name (-n NAME) for a persistent profile",
         )
-    if attached.started and wait:
+    return attached.profile.name
+
+
+class StopRequested(BaseException):
+    """SIGTERM, SIGINT or SIGHUP reached ``up --foreground``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise StopRequested(signum)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _take_down(attached: Attached, verbose: bool) -> None:
+    """Stop a profile this process started, whatever is attached to it."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    notify.send(STOPPING="1", STATUS=f"taking profile {attached.profile.name} down")
+    members = runtime.namespace_members(attached.sidecar.pid)
+    if members:
+        warn(f"{len(members)} process{'es' if len(members) != 1 else ''} still attached to "
+             f"profile {attached.profile.name} keep running, without any network")
+    trace(verbose, f"stopping sidecar {attached.sidecar.pid}")
+    stop_started(attached)
+
+
+def up_foreground(request: Request, wait: bool = True, timeout: float = 15.0) -> int:
+    """``wg-wrap up --foreground``: a persistent profile supervised by this
+    process (systemd's ``Type=notify`` unit): READY=1 once the tunnel is
+    configured and the first handshake is done, then wait.  SIGTERM, SIGINT or
+    SIGHUP take the profile down (exit 0); a sidecar that dies is an error
+    (exit 1), so that ``Restart=on-failure`` starts it again."""
+    with _stop_on_signals():
         try:
-            wait_for_handshake(attached.profile, cfg, timeout, request.verbose)
+            notify.status("starting")
+            request, cfg = load(request)
+            attached = acquire(request, cfg, "persistent")
+        except StopRequested as stop:
+            return 128 + stop.signum
+        name = attached.profile.name
+        if not attached.started:
+            attached.release()
+            attached.sidecar.close()
+            raise ProfileError(
+                f"profile {name!r} is already running, started elsewhere: "
+                "--foreground supervises only a tunnel it starts",
+                hint=f"stop it first with `wg-wrap down {name}`",
+            )
+        try:
+            if wait:
+                wait_for_handshake(attached.profile, cfg, timeout, request.verbose,
+                                   progress=notify.status)
+            notify.send(READY="1", STATUS=f"profile {name} is up")
+            print(f"wg-wrap: profile {name} is up; SIGTERM or Ctrl-C takes it down",
+                  file=sys.stderr, flush=True)
+            attached.sidecar.exited(None)  # blocks until the sidecar ends, or a signal
+        except StopRequested:
+            _take_down(attached, request.verbose)
+            return 0
         except BaseException:
-            stop_started(attached)
+            _take_down(attached, request.verbose)
             raise
+    raise _sidecar_died(attached)
+
+
+def _sidecar_died(attached: Attached) -> SetupError:
+    """The supervised sidecar ended by itself: say why and clean up."""
+    process = attached.sidecar.process
+    status = process.returncode if process is not None else None
+    how = (f"was killed by signal {-status}" if status is not None and status < 0
+           else f"exited with status {status}")
+    log = launch.last_log_lines(attached.profile.log_path, 5)
+    with runtime.locked(os.path.dirname(attached.profile.dir)):
+        attached.profile.remove_dir()
     attached.release()
     attached.sidecar.close()
-    return attached.profile.name
+    notify.status(f"the sidecar {how}")
+    for line in log:
+        print(f"wg-wrap: [sidecar.log] {line}", file=sys.stderr)
+    return SetupError(
+        f"the sidecar of profile {attached.profile.name} {how}: the tunnel is down",
+        hint="programs still attached have no network; start the profile again",
+    )
 
 
 def down(name: str, force: bool = False, verbose: bool = False) -> str:
@@ -317,8 +476,10 @@ def down(name: str, force: bool = False, verbose: bool = False) -> str:
 
 
 def run(request: Request, command: Sequence[str]) -> int:
-    cfg = load(request)
-    attached = acquire(request, cfg, "ephemeral")
+    attached = join_by_name(request)
+    if attached is None:
+        request, cfg = load(request)
+        attached = acquire(request, cfg, "ephemeral")
     try:
         trace(request.verbose, f"wg-wrap-launcher join -- {' '.join(command)}")
         return launch.run_joined(attached.sidecar, command, attached.hold_fd)

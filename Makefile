@@ -51,10 +51,11 @@ GO_BUILDFLAGS ?=
 SIDECAR_GOFLAGS = -mod=vendor -trimpath -buildvcs=false -buildmode=pie \
 	-ldflags='-buildid= -bindnow -X main.version=$(VERSION)' $(GO_BUILDFLAGS)
 GO_ENV = CGO_ENABLED=0 GOTOOLCHAIN=local GOPROXY=off GOFLAGS= GOCACHE=$(GO_CACHE)
-# Go needs a build cache; where $HOME is missing or read-only (package
-# builders), keep it in build/.
+# Go needs a build cache: its own default where that exists or $HOME can
+# hold it, else (package builders: no $HOME, or a read-only one) build/.
 GO_CACHE = $(shell d=$$($(GO) env GOCACHE 2>/dev/null); \
-	if [ -n "$$d" ] && [ "$$d" != off ] && mkdir -p "$$d" 2>/dev/null && [ -w "$$d" ]; \
+	if [ -n "$$d" ] && [ "$$d" != off ] && { [ -w "$$d" ] || { [ ! -e "$$d" ] && \
+		[ -d "$$HOME" ] && [ -w "$$HOME" ]; }; }; \
 	then echo "$$d"; else echo "$(CURDIR)/build/go-cache"; fi)
 
 SIDECAR_SOURCES = $(shell find go-sidecar -name '*.go' -not -name '*_test.go' -not -path '*/vendor/*') \

@@ -43,7 +43,7 @@ def main() -> int:
 
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--root-user-action=ignore", "--disable-pip-version-check",
+         "--root-user-action=ignore", "--disable-pip-version-check", "--no-cache-dir",
          f"--root={args.destdir or '/'}", f"--prefix={prefix}", args.source],
         env=env, check=True,
     )

@@ -298,3 +298,53 @@ def test_notify_to_a_vanished_manager_is_not_an_error(
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))
     assert notify.send(READY="1") is False
+
+
+# ---- the systemd user unit -----------------------------------------------------
+
+
+def _installed_unit(stage: Stage) -> Path:
+    unit = stage.root / "venv" / "lib" / "systemd" / "user" / "wg-wrap@.service"
+    assert unit.is_file(), f"make install did not install {unit}"
+    return unit
+
+
+def test_the_installed_user_unit_verifies_and_runs_up_foreground_by_name(
+    wgwrap_server: WgWrapServer, service: Service, tmp_path: Path
+) -> None:
+    """What `systemctl --user start wg-wrap@wg0` runs: the unit's own ExecStart."""
+    text = _installed_unit(service.stage).read_text()
+    settings = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert settings["Type"] == "notify" and settings["Restart"] == "on-failure"
+    exec_start = settings["ExecStart"].split()
+    assert exec_start[0] == str(service.stage.root / "venv" / "bin" / "wg-wrap")
+    assert exec_start[1:] == ["up", "--foreground", "-n", "%i"]
+
+    # systemd's own checker (systemd-analyze, from Debian's systemd package)
+    instance = tmp_path / "wg-wrap@wg0.service"
+    instance.write_text(text)
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(instance)],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+
+    service.add_config("wg0", wgwrap_server.client_config())
+    argv = [a.replace("%i", "wg0") for a in exec_start]
+    process = subprocess.Popen(
+        as_user_argv(service.user, argv), cwd="/", text=True,
+        env=service.env(NOTIFY_SOCKET=service.notify.getsockname()),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert service.messages_until("READY", READY_TIMEOUT)[-1]["READY"] == "1"
+        exec_ = service("exec", "wg0", "--", *_curl(wgwrap_server))
+        assert f"sees you as {wgwrap_server.net.client4}" in exec_.stdout, exec_.stderr
+        process.terminate()  # systemctl stop
+        status, err = _end(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert status == 0, err
+    assert service.profiles() == [] and not service.sidecars()

@@ -6,11 +6,13 @@
 // configured only over its UAPI socket. It also pins the namespaces: they
 // live as long as it does.
 //
-//	wg-wrap-sidecar --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]] [-v]
+//	wg-wrap-sidecar --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]]
+//	                [--reresolve PLAN --reresolve-status FILE] [-v]
 //	wg-wrap-sidecar --version
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -56,6 +58,9 @@ type options struct {
 	holdPath string
 	stateDir string
 	verbose  bool
+
+	reresolvePath   string // JSON plan: peers whose Endpoint is a host name
+	reresolveStatus string // where the re-resolution's state is written
 }
 
 func main() {
@@ -157,6 +162,14 @@ func run(args []string, stderr io.Writer) int {
 		signal.Ignore(unix.SIGUSR1) // never let a stray poke kill a persistent profile
 	}
 
+	if opts.reresolvePath != "" {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := startReresolve(ctx, dev, opts.reresolvePath, opts.reresolveStatus, logger); err != nil {
+			return fail(exitFailure, "endpoint re-resolution", err)
+		}
+	}
+
 	if err := ready.ok(); err != nil {
 		logger.Errorf("signalling readiness: %v", err)
 	}
@@ -195,6 +208,8 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&opts.holdPath, "hold", "", "ephemeral mode: exit once no process holds this file locked and none is left in the namespace")
 	fs.StringVar(&opts.stateDir, "state-dir", "", "with --hold: the profile's runtime directory, removed when the profile ends by itself")
 	fs.BoolVar(&opts.verbose, "v", false, "verbose logging")
+	fs.StringVar(&opts.reresolvePath, "reresolve", "", "re-resolve endpoint host names per this JSON plan, over the host DNS socket in "+envHostDNSFD)
+	fs.StringVar(&opts.reresolveStatus, "reresolve-status", "", "with --reresolve: where to write the endpoints' state (JSON)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return opts, errors.New("help requested")

@@ -160,10 +160,16 @@ class Server:
 class WgWrapServer(Server):
     name = "wg-wrap"
 
-    def __init__(self, stage: object, user: object, net: Net) -> None:
+    def __init__(
+        self, stage: object, user: object, net: Net, *, keys: Keys | None = None,
+        port: int | None = None, listen: str = "127.0.0.1",
+    ) -> None:
+        """A new server; the same ``keys`` and ``port`` on another ``listen``
+        address make it the same peer at a new address (a peer that moved)."""
         from conftest import as_user_argv, user_env
 
-        self.net, self.keys, self.port = net, Keys(), free_udp_port()
+        self.net, self.keys = net, keys or Keys()
+        self.port = port or free_udp_port()
         # Its own config and runtime directories, private to the test user.
         self._dirs = [Path(tempfile.mkdtemp(prefix="wg-wrap-server-")) for _ in range(2)]
         for d in self._dirs:
@@ -185,7 +191,7 @@ class WgWrapServer(Server):
         conf.chmod(0o600)
         python = str(stage.python)  # type: ignore[attr-defined]
         argv = stage.wg_wrap(  # type: ignore[attr-defined]
-            "run", "-n", "test-server", "-c", str(conf), "--listen-address", "127.0.0.1", "--",
+            "run", "-n", "test-server", "-c", str(conf), "--listen-address", listen, "--",
             *peer_services_argv(python, net),
         )
         self.process = subprocess.Popen(

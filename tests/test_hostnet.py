@@ -97,3 +97,36 @@ def test_a_listen_port_in_use_is_one_clear_error() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(SetupError, match=f"ListenPort {port} is already in use"):
             hostnet.open_host_socket(port)
+
+
+# ---- re-resolution plan (pure) --------------------------------------------------
+
+
+def test_the_reresolve_plan_lists_only_named_endpoints() -> None:
+    import ipaddress
+    import json
+
+    literal_peer = ("\n[Peer]\nPublicKey = AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n"
+                    "Endpoint = 192.0.2.1:51820\nAllowedIPs = 10.0.0.0/8\n")
+    cfg = parse_config(CONF + literal_peer)
+    servers = [ipaddress.ip_address("127.0.0.53"), ipaddress.ip_address("::1")]
+    plan = hostnet.reresolve_plan(cfg, 135, servers, 1_800_000_000.5)
+    assert plan is not None
+    assert json.loads(plan.to_json()) == {
+        "after_seconds": 135, "resolved_at": 1_800_000_000.5,
+        "nameservers": ["127.0.0.53:53", "[::1]:53"],
+        "peers": [{"public_key": bytes(range(32)).hex(), "host": "vpn.example.net",
+                   "port": 51820}],
+    }
+    assert hostnet.reresolve_plan(cfg, 0, servers, 0) is None  # --reresolve-after 0
+    literal = parse_config(CONF.replace("vpn.example.net", "192.0.2.9"))
+    assert hostnet.reresolve_plan(literal, 135, servers, 0) is None
+
+
+def test_host_nameservers_follow_glibc() -> None:
+    from wg_wrap import dns
+
+    text = "search lan\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nnameserver x\n" \
+        "nameserver 10.0.0.1\nnameserver 10.0.0.2\n"
+    assert [str(ip) for ip in dns.host_nameservers(text)] == ["127.0.0.53", "fe80::1", "10.0.0.1"]
+    assert [str(ip) for ip in dns.host_nameservers("# empty\n")] == ["127.0.0.1", "::1"]

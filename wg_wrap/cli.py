@@ -55,6 +55,18 @@ def _dns_server(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
+def _seconds(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
 def _ip_text(text: str) -> str:
     return str(_dns_server(text))
 
@@ -235,6 +247,12 @@ def _add_network(p: argparse.ArgumentParser) -> None:
         "overrides the config's DNS = servers",
     )
     p.add_argument(
+        "--reresolve-after", type=_seconds, default=135.0, metavar="SECONDS",
+        help="resolve an Endpoint host name again, on the host, when the peer's last "
+        "handshake is older than this, and follow it when it moves (default: 135, like "
+        "wireguard-tools' reresolve-dns.sh; 0: never)",
+    )
+    p.add_argument(
         "--listen-address", type=_ip_text, metavar="IP",
         help="bind the host UDP socket to one address instead of all, e.g. "
         "--listen-address 127.0.0.1 for a server only reachable locally",
@@ -256,6 +274,7 @@ def _request(args: argparse.Namespace) -> session.Request:
     return session.Request(
         config_path=args.config, name=args.name, dns=tuple(args.dns),
         listen_address=args.listen_address, verbose=args.verbose,
+        reresolve_after=args.reresolve_after,
     )
 
 

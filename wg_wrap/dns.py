@@ -49,6 +49,13 @@ def _nameservers(
     return found
 
 
+def host_nameservers(resolv_text: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The nameservers glibc would use (the first three), or its default: the
+    local host, when the file names none."""
+    found = [ip for _, ip in _nameservers(resolv_text)][:MAX_NAMESERVERS]
+    return found or [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+
+
 def loopback_nameservers(resolv_text: str) -> list[str]:
     """Nameservers in a resolv.conf that are unreachable from inside."""
     return [text for text, ip in _nameservers(resolv_text) if ip.is_loopback]

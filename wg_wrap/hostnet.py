@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from wg_wrap.config import Config, Endpoint
 from wg_wrap.errors import ResolveError, SetupError
@@ -83,6 +85,59 @@ def _bind_error(e: OSError, port: int) -> SetupError:
     if e.errno == errno.EACCES:
         return SetupError(f"not allowed to bind UDP port {port}", hint="use a port above 1023")
     return SetupError(f"cannot open the UDP socket on port {port}: {e.strerror}")
+
+
+def open_dns_socket(family: int) -> socket.socket:
+    """A UDP socket on the host for the sidecar's re-resolution of endpoint
+    names (the host's nameservers are reachable through it, even 127.0.0.53),
+    of the host socket's family, inheritable."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+        else:
+            sock.bind(("0.0.0.0", 0))
+    except OSError as e:
+        sock.close()
+        raise SetupError(f"cannot open the UDP socket for DNS: {e.strerror}") from e
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass(frozen=True)
+class ReresolvePlan:
+    """What the sidecar needs to re-resolve the peers whose Endpoint is a host
+    name (its ``--reresolve`` file, as JSON)."""
+
+    after: float  # seconds without a handshake before a name is resolved again
+    resolved_at: float  # when wg-wrap resolved them, before the start
+    nameservers: tuple[str, ...]  # the host's, "ip:53" / "[ip]:53"
+    peers: tuple[tuple[str, str, int], ...]  # (public key in hex, host, port)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "after_seconds": self.after, "resolved_at": self.resolved_at,
+            "nameservers": list(self.nameservers),
+            "peers": [{"public_key": k, "host": h, "port": p} for k, h, p in self.peers],
+        })
+
+
+def reresolve_plan(
+    config: Config,
+    after: float,
+    nameservers: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    resolved_at: float,
+) -> ReresolvePlan | None:
+    """None when no Endpoint is a host name, or ``after`` is 0 (never)."""
+    peers = tuple(
+        (p.public_key.hex(), p.endpoint.host, p.endpoint.port)
+        for p in config.peers if p.endpoint is not None and not p.endpoint.is_ip
+    )
+    if not peers or after <= 0:
+        return None
+    servers = tuple(f"[{ip}]:53" if ip.version == 6 else f"{ip}:53" for ip in nameservers)
+    return ReresolvePlan(after, resolved_at, servers, peers)
 
 
 def resolve_endpoints(

@@ -101,11 +101,14 @@ def start_sidecar(
     mtu: int,
     ephemeral: bool,
     verbose: bool,
+    dns_socket: socket.socket | None = None,
 ) -> Sidecar:
     """Create the namespaces and the sidecar in them; return once it is ready.
 
     The host socket is handed over and closed here: its O_NONBLOCK flag lives
-    on the shared file description, which from now on is the sidecar's.
+    on the shared file description, which from now on is the sidecar's.  So is
+    ``dns_socket``, given when the profile's plan for re-resolving endpoint
+    names is in its directory.
     """
     import subprocess
 
@@ -117,6 +120,11 @@ def start_sidecar(
         # It removes the runtime directory itself when it ends, in case every
         # wrapper was killed and nobody else is left to.
         sidecar_argv += ["--hold", profile.hold_path, "--state-dir", profile.dir]
+    passed = [host_socket]
+    if dns_socket is not None:
+        sidecar_argv += ["--reresolve", profile.reresolve_path,
+                         "--reresolve-status", profile.endpoints_path]
+        passed.append(dns_socket)
     if verbose:
         sidecar_argv.append("-v")
     argv = [paths.launcher(), "--expect-version", __version__, "create", *mount_ops, "--",
@@ -126,11 +134,13 @@ def start_sidecar(
     env.pop("NOTIFY_SOCKET", None)  # systemd's readiness is ours to report, not the sidecar's
     env["WG_WRAP_HOST_SOCKET_FD"] = str(host_socket.fileno())
     env["WG_WRAP_READY_FD"] = str(ready_w)
+    if dns_socket is not None:
+        env["WG_WRAP_HOST_DNS_FD"] = str(dns_socket.fileno())
     log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         process = subprocess.Popen(
             argv,
-            pass_fds=(host_socket.fileno(), ready_w),
+            pass_fds=(*(s.fileno() for s in passed), ready_w),
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
@@ -143,7 +153,8 @@ def start_sidecar(
     finally:
         os.close(ready_w)
         os.close(log_fd)
-        host_socket.close()
+        for sock in passed:
+            sock.close()
     try:
         _wait_ready(ready_r, process, profile.log_path, verbose)
     finally:

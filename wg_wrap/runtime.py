@@ -33,6 +33,8 @@ UAPI_SOCKET = "uapi.sock"
 RESOLV_CONF = "resolv.conf"
 SIDECAR_LOG = "sidecar.log"
 HOLD_FILE = "hold"
+RERESOLVE_PLAN = "reresolve.json"  # written by wg-wrap: the names to re-resolve
+ENDPOINTS_FILE = "endpoints.json"  # written by the sidecar: what they resolve to
 
 
 def check_profile_name(name: str) -> str:
@@ -196,6 +198,14 @@ class Profile:
     @property
     def hold_path(self) -> str:
         return os.path.join(self.dir, HOLD_FILE)
+
+    @property
+    def reresolve_path(self) -> str:
+        return os.path.join(self.dir, RERESOLVE_PLAN)
+
+    @property
+    def endpoints_path(self) -> str:
+        return os.path.join(self.dir, ENDPOINTS_FILE)
 
     def create_dir(self) -> None:
         try:

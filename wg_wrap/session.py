@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import socket
 import stat
 import sys
 import time
@@ -65,6 +66,7 @@ class Request:
     dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     listen_address: str | None = None
     verbose: bool = False
+    reresolve_after: float = 135.0  # seconds; 0: never re-resolve endpoint names
 
     @property
     def profile_name(self) -> str:
@@ -152,6 +154,27 @@ def _write_new(path: str, text: str, mode: int) -> None:
         f.write(text)
 
 
+def _reresolution(
+    request: Request, cfg: wgconfig.Config, profile: Profile, family: int
+) -> socket.socket | None:
+    """For peers whose Endpoint is a host name: the plan the sidecar follows to
+    re-resolve them (written into the profile directory) and the host socket
+    it asks the host's nameservers through. None when there is nothing to do."""
+    try:
+        host_resolv = Path(dns.ETC_RESOLV).read_text()
+    except OSError:
+        host_resolv = ""
+    plan = hostnet.reresolve_plan(
+        cfg, request.reresolve_after, dns.host_nameservers(host_resolv), time.time()
+    )
+    if plan is None:
+        return None
+    trace(request.verbose, f"re-resolving {', '.join(h for _, h, _ in plan.peers)} through "
+          f"{', '.join(plan.nameservers)} when handshakes are older than {plan.after:g} s")
+    _write_new(profile.reresolve_path, plan.to_json(), 0o600)
+    return hostnet.open_dns_socket(family)
+
+
 def start_profile(
     request: Request, cfg: wgconfig.Config, profile: Profile, mode: str
 ) -> Attached:
@@ -172,6 +195,9 @@ def start_profile(
         resolved = hostnet.resolve_endpoints(cfg, path, host_socket.family)
         for ep, (ip, port) in resolved.items():
             trace(verbose, f"endpoint {ep} -> {ip}:{port}")
+        dns_socket = _reresolution(request, cfg, profile, host_socket.family)
+        if dns_socket is not None:
+            undo.callback(dns_socket.close)
 
         _write_new(profile.resolv_path, resolv_conf_text(cfg, request), 0o644)
         _write_new(profile.hold_path, "", 0o600)
@@ -184,6 +210,7 @@ def start_profile(
         sidecar = launch.start_sidecar(
             profile, host_socket, mount_ops,
             ifname=IFNAME, mtu=mtu, ephemeral=(mode == "ephemeral"), verbose=verbose,
+            dns_socket=dns_socket,
         )
         undo.callback(sidecar.close)
         undo.callback(sidecar.stop)

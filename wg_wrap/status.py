@@ -20,6 +20,17 @@ class ProfileStatus:
     alive: bool
     device: uapi.DeviceStatus | None = None  # when the sidecar answered
     members: tuple[int, ...] = ()
+    names: dict[str, dict[str, Any]] | None = None  # endpoint names, by hex public key
+
+
+def _endpoint_names(profile: Profile) -> dict[str, dict[str, Any]]:
+    """What the sidecar's re-resolution last found (endpoints.json), if any."""
+    try:
+        with open(profile.endpoints_path) as f:
+            entries = json.load(f)
+        return {e["public_key"]: e for e in entries if isinstance(e, dict) and "public_key" in e}
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def collect(profile: Profile) -> ProfileStatus:
@@ -35,7 +46,8 @@ def collect(profile: Profile) -> ProfileStatus:
         except UAPIError:
             device = None
         return ProfileStatus(
-            profile, state, True, device, tuple(runtime.namespace_members(sidecar.pid))
+            profile, state, True, device, tuple(runtime.namespace_members(sidecar.pid)),
+            _endpoint_names(profile),
         )
     finally:
         sidecar.close()
@@ -125,18 +137,35 @@ def as_dict(st: ProfileStatus) -> dict[str, Any]:
         "addresses": state.addresses, "dns": state.dns, "mtu": state.mtu,
     })
     if st.device is not None:
-        out["peers"] = [
-            {
-                "public_key": keys.encode(p.public_key), "endpoint": p.endpoint,
-                "allowed_ips": [str(n) for n in p.allowed_ips],
-                "latest_handshake": p.last_handshake, "rx_bytes": p.rx_bytes,
-                "tx_bytes": p.tx_bytes, "persistent_keepalive": p.persistent_keepalive,
-            }
-            for p in st.device.peers
-        ]
+        out["peers"] = [_peer_dict(p, (st.names or {}).get(p.public_key.hex()))
+                        for p in st.device.peers]
     if st.alive:
         out["processes"] = _processes(st.members)
     return out
+
+
+def _peer_dict(peer: uapi.PeerStatus, name: dict[str, Any] | None) -> dict[str, Any]:
+    out = {
+        "public_key": keys.encode(peer.public_key), "endpoint": peer.endpoint,
+        "allowed_ips": [str(n) for n in peer.allowed_ips],
+        "latest_handshake": peer.last_handshake, "rx_bytes": peer.rx_bytes,
+        "tx_bytes": peer.tx_bytes, "persistent_keepalive": peer.persistent_keepalive,
+    }
+    if name is not None:  # an Endpoint host name, followed by the sidecar
+        out["endpoint_name"] = f"{name.get('host')}:{name.get('port')}"
+        out["endpoint_addresses"] = name.get("addresses", [])
+        out["resolved_at"] = _timestamp(name.get("resolved_at"))
+        out["resolve_error"] = name.get("error")
+    return out
+
+
+def _timestamp(rfc3339: object) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(rfc3339)).timestamp()
+    except ValueError:
+        return None
 
 
 def format_status(st: ProfileStatus) -> str:
@@ -163,6 +192,13 @@ def format_status(st: ProfileStatus) -> str:
             "",
             f"peer: {peer['public_key']}",
             f"  endpoint: {peer['endpoint'] or '-'}",
+        ]
+        if "endpoint_name" in peer:
+            resolved = f"resolved {age(peer['resolved_at'], now)}"
+            if peer["resolve_error"]:
+                resolved += f"; last attempt failed: {peer['resolve_error']}"
+            lines.append(f"  endpoint name: {peer['endpoint_name']} ({resolved})")
+        lines += [
             f"  allowed ips: {', '.join(peer['allowed_ips']) or '(none)'}",
             f"  latest handshake: {age(peer['latest_handshake'], now)}",
             f"  transfer: {human_bytes(peer['rx_bytes'])} received, "

@@ -301,3 +301,7 @@ func lookupHostsFile(path, name string) []netip.Addr {
 	}
 	return found
 }
+
+// IPv4Only reports whether the host socket is IPv4 only (a host without
+// IPv6): IPv6 nameservers and endpoints are out of its reach.
+func (r *Resolver) IPv4Only() bool { return r.v4Only }

@@ -8,6 +8,12 @@
 // the answer's first address; when it does, and handshakes keep failing
 // (bytes were sent since the last attempt but none came back) with several
 // addresses to choose from, move to the next one.
+//
+// Moving a peer re-creates it with its own configuration and the new
+// endpoint: a peer that moved is usually a peer that restarted, which has
+// forgotten the session; without one, the next packet starts a handshake at
+// once, where merely setting the endpoint (what `wg set` does) would keep
+// sending on the dead session until wireguard-go's timers give up on it.
 package reresolve
 
 import (
@@ -181,8 +187,7 @@ func (w *Watcher) attempt(ctx context.Context, p *peerState, info peerInfo, now 
 		next = usable[(i+1)%len(usable)]
 	}
 	endpoint := netip.AddrPortFrom(next, p.Port)
-	set := fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\n", p.PublicKey, endpoint)
-	if err := w.dev.IpcSet(set); err != nil {
+	if err := w.dev.IpcSet(recreate(p.PublicKey, info.config, endpoint)); err != nil {
 		p.lastErr = fmt.Sprintf("setting endpoint %s: %v", endpoint, err)
 		return true
 	}
@@ -211,6 +216,18 @@ type peerInfo struct {
 	endpoint  netip.AddrPort
 	handshake time.Time
 	tx, rx    uint64
+	config    []string // its settings as UAPI set lines: preshared key, keepalive, allowed IPs
+}
+
+// recreate is the UAPI set that removes a peer and adds it again with the
+// same settings and a new endpoint.
+func recreate(publicKey string, config []string, endpoint netip.AddrPort) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "public_key=%s\nremove=true\npublic_key=%s\nendpoint=%s\n", publicKey, publicKey, endpoint)
+	for _, line := range config {
+		b.WriteString(line + "\n")
+	}
+	return b.String()
 }
 
 // parseGet reads the peers of a UAPI get=1 answer, keyed by public key.
@@ -247,6 +264,8 @@ func parseGet(text string) map[string]peerInfo {
 			cur.tx, _ = strconv.ParseUint(v, 10, 64)
 		case "rx_bytes":
 			cur.rx, _ = strconv.ParseUint(v, 10, 64)
+		case "preshared_key", "persistent_keepalive_interval", "allowed_ip":
+			cur.config = append(cur.config, k+"="+v)
 		}
 	}
 	flush()

@@ -30,8 +30,8 @@ func (d *fakeDevice) IpcGet() (string, error) {
 	}
 	return fmt.Sprintf("private_key=00\nlisten_port=1\npublic_key=%s\nendpoint=%s\n"+
 		"last_handshake_time_sec=%d\nlast_handshake_time_nsec=%d\ntx_bytes=%d\nrx_bytes=%d\n"+
-		"persistent_keepalive_interval=0\nallowed_ip=0.0.0.0/0\nprotocol_version=1\n",
-		key, d.endpoint, sec, nsec, d.tx, d.rx), nil
+		"preshared_key=%s\npersistent_keepalive_interval=25\nallowed_ip=0.0.0.0/0\nallowed_ip=::/0\nprotocol_version=1\n",
+		key, d.endpoint, sec, nsec, d.tx, d.rx, strings.Repeat("ab", 32)), nil
 }
 
 func (d *fakeDevice) IpcSet(text string) error {
@@ -116,7 +116,11 @@ func TestAStaleHandshakeMovesToTheNewAddress(t *testing.T) {
 	if res.asked != 1 || dev.endpoint != netip.MustParseAddrPort("198.51.100.1:51820") {
 		t.Fatalf("asked %d, endpoint %v", res.asked, dev.endpoint)
 	}
-	if want := "public_key=" + key + "\nupdate_only=true\nendpoint=198.51.100.1:51820\n"; dev.sets[0] != want {
+	// removed and added again with its own settings: no stale session is kept
+	want := "public_key=" + key + "\nremove=true\npublic_key=" + key + "\nendpoint=198.51.100.1:51820\n" +
+		"preshared_key=" + strings.Repeat("ab", 32) + "\npersistent_keepalive_interval=25\n" +
+		"allowed_ip=0.0.0.0/0\nallowed_ip=::/0\n"
+	if dev.sets[0] != want {
 		t.Fatalf("set %q", dev.sets[0])
 	}
 	var shown []Status

@@ -17,20 +17,7 @@ from dataclasses import dataclass
 
 from wg_wrap import __version__, dns, paths, runtime, version
 from wg_wrap.errors import WgWrapError
-
-TUN = "/dev/net/tun"
-
-USERNS_HINT = (
-    "unprivileged user namespaces are disabled or restricted: "
-    "`sudo sysctl kernel.unprivileged_userns_clone=1` (Debian before 11), "
-    "`sudo sysctl user.max_user_namespaces=15000`, or on Ubuntu 23.10+ "
-    "`sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0` "
-    "(or an AppArmor profile allowing userns for wg-wrap-launcher)"
-)
-TUN_HINT = (
-    f"{TUN} must exist and be readable and writable by everyone, as distributions ship it: "
-    f"`sudo modprobe tun; sudo chmod 0666 {TUN}`"
-)
+from wg_wrap.hints import TUN, TUN_HINT, USERNS_HINT, hint_for
 
 # A TUN device created inside the namespaces, with only the ambient
 # CAP_NET_ADMIN the launcher gives: exactly what the sidecar does.
@@ -48,18 +35,6 @@ class Check:
     detail: str
     hint: str = ""
     note: bool = False  # informational: never a failure
-
-
-def hint_for(reason: str) -> str | None:
-    """The fix for a sidecar start failure, recognised by its message."""
-    lowered = reason.lower()
-    if any(step in lowered for step in ("creating namespaces", "uid map", "gid map", "setgroups")):
-        return USERNS_HINT
-    if "tun" in lowered and any(
-        e in lowered for e in ("permission denied", "not permitted", "no such file")
-    ):
-        return TUN_HINT
-    return None
 
 
 def _helpers() -> Check:

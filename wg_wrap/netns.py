@@ -68,7 +68,10 @@ def configure(pidfd: int, plan: NetworkPlan, verbose: bool = False) -> None:
     except (ValueError, KeyError):
         error = "garbled report from the configuring child"
     if os.waitstatus_to_exitcode(wait_status) != 0 or error:
-        raise SetupError(f"configuring the network inside: {error or 'failed'}")
+        from wg_wrap import hints
+
+        message = f"configuring the network inside: {error or 'failed'}"
+        raise SetupError(message, hint=hints.hint_for(message))
 
 
 def _join(pidfd: int) -> None:
@@ -118,10 +121,13 @@ def _apply(plan: NetworkPlan, verbose: bool) -> None:
             # IPv6 without duplicate address detection: nobody else is on
             # this link, and DAD would stall the first connections.
             flags = IFA_F_NODAD if addr.version == 6 else 0
-            ipr.addr(
-                "add", index=dev, address=str(addr.ip), prefixlen=addr.network.prefixlen,
-                flags=flags,
-            )
+            try:
+                ipr.addr(
+                    "add", index=dev, address=str(addr.ip), prefixlen=addr.network.prefixlen,
+                    flags=flags,
+                )
+            except NetlinkError as e:
+                raise SetupError(f"adding address {addr}: {os.strerror(e.code)}") from e
         _trace(verbose, f"ip link set {plan.ifname} up")
         ipr.link("set", index=dev, state="up")
         if plan.table is None:
@@ -133,3 +139,4 @@ def _apply(plan: NetworkPlan, verbose: bool) -> None:
             except NetlinkError as e:
                 if e.code != errno.EEXIST:  # already covered by an address's own route
                     raise SetupError(f"adding route {net}: {os.strerror(e.code)}") from e
+

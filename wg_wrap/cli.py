@@ -190,11 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
 
-    sub.add_parser(
+    doctor = sub.add_parser(
         "doctor", help="check that this machine can run wg-wrap, and say how to fix it",
-        description="Checks the helper programs, /dev/net/tun, unprivileged user namespaces, "
-        "a TUN device inside them, the runtime directory, the host's resolver and IPv6; "
-        "prints a fix for each problem. Exit status 1 if anything needed is missing.",
+        description="Checks the helper programs, AppArmor's restriction on user namespaces "
+        "(Ubuntu 23.10+), /dev/net/tun, and what wg-wrap does in new namespaces: mounts, "
+        "a TUN device with an address; then the runtime directory, the host's resolver and "
+        "IPv6. Prints a fix for each problem. Exit status 1 if anything needed is missing.",
+    )
+    doctor.add_argument(
+        "--apparmor-profile", action="store_true",
+        help="print the AppArmor profile that lets this installation's launcher create user "
+        "namespaces (for `sudo install -m 0644 /dev/stdin /etc/apparmor.d/…`), and exit",
     )
 
     demo = sub.add_parser(
@@ -292,7 +298,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.action == "doctor":
         from wg_wrap import doctor
 
-        return doctor.main()
+        return doctor.print_profile() if args.apparmor_profile else doctor.main()
     if args.action == "demo":
         from wg_wrap import demo
 

@@ -1,8 +1,11 @@
 """``wg-wrap doctor``: can this machine run wg-wrap, and if not, what to do.
 
-Each check does the real thing where it can (create namespaces, create a TUN
-device in them) rather than guess from sysctls: distributions restrict user
-namespaces in different ways.
+Each check does the real thing where it can rather than guess from sysctls:
+distributions restrict user namespaces in different ways, and on Ubuntu
+23.10+ creating one still succeeds while every capability in it is denied.
+So the probe runs ``wg-wrap-launcher create`` with the mounts wg-wrap makes
+(plus a tmpfs), and inside it creates a TUN device and gives it an address,
+with only the capability the sidecar gets.
 """
 
 from __future__ import annotations
@@ -12,33 +15,20 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from wg_wrap import __version__, dns, paths, runtime, version
+from wg_wrap import __version__, apparmor, dns, hints, paths, runtime, version
 from wg_wrap.errors import WgWrapError
+from wg_wrap.hints import TUN, TUN_HINT, hint_for
 
-TUN = "/dev/net/tun"
-
-USERNS_HINT = (
-    "unprivileged user namespaces are disabled or restricted: "
-    "`sudo sysctl kernel.unprivileged_userns_clone=1` (Debian before 11), "
-    "`sudo sysctl user.max_user_namespaces=15000`, or on Ubuntu 23.10+ "
-    "`sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0` "
-    "(or an AppArmor profile allowing userns for wg-wrap-launcher)"
-)
-TUN_HINT = (
-    f"{TUN} must exist and be readable and writable by everyone, as distributions ship it: "
-    f"`sudo modprobe tun; sudo chmod 0666 {TUN}`"
-)
-
-# A TUN device created inside the namespaces, with only the ambient
-# CAP_NET_ADMIN the launcher gives: exactly what the sidecar does.
-_TUN_PROBE = """
-import fcntl, os, struct
-fd = os.open("/dev/net/tun", os.O_RDWR)
-fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"wgwrapdoctor0", 0x0001 | 0x1000))
-"""  # TUNSETIFF, IFF_TUN | IFF_NO_PI
+PROBE_IFNAME = "wgwrapdoctor0"
+PROBE_TIMEOUT = 20
+# The probe program's own exit status when one of its steps fails (the
+# launcher uses 125-127 for its own).
+_PROBE_FAILED = 3
+_SEE_APPARMOR = "AppArmor blocks it: see the AppArmor fix above"
 
 
 @dataclass
@@ -48,18 +38,15 @@ class Check:
     detail: str
     hint: str = ""
     note: bool = False  # informational: never a failure
+    more: tuple[str, ...] = ()  # further lines of the fix, printed under it
 
 
-def hint_for(reason: str) -> str | None:
-    """The fix for a sidecar start failure, recognised by its message."""
-    lowered = reason.lower()
-    if any(step in lowered for step in ("creating namespaces", "uid map", "gid map", "setgroups")):
-        return USERNS_HINT
-    if "tun" in lowered and any(
-        e in lowered for e in ("permission denied", "not permitted", "no such file")
-    ):
-        return TUN_HINT
-    return None
+@dataclass(frozen=True)
+class Probe:
+    """The outcome of running the probe in new namespaces."""
+
+    namespaces: Check  # user+mount+net namespaces, with mounts
+    tun: Check  # TUN device, address, link up inside
 
 
 def _helpers() -> Check:
@@ -85,33 +72,178 @@ def _tun_device() -> Check:
     return Check(TUN, True, f"usable (mode {stat.S_IMODE(st.st_mode):04o})")
 
 
-def _in_namespaces(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [paths.launcher(), "create", "--", *argv],
-        capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+# ---- the probe: what wg-wrap does, in new namespaces --------------------
+
+def inside(argv: Sequence[str]) -> int:
+    """The probe's program, run by ``wg-wrap-launcher create`` (see _probe):
+    check that the mounts took effect, then create a TUN device and give it
+    an address.  Prints what it did; on failure one line ``mount: …`` or
+    ``network: …`` on stderr."""
+    hidden, expected = argv
+    try:
+        with open(dns.ETC_RESOLV) as f:
+            seen = f.read()
+    except OSError as e:
+        return _probe_failed("mount", f"reading {dns.ETC_RESOLV}: {e.strerror}")
+    if seen != expected:
+        return _probe_failed("mount", f"{dns.ETC_RESOLV} is not the file mounted over it")
+    if os.stat(hidden).st_dev == os.stat(os.path.dirname(hidden)).st_dev:
+        return _probe_failed("mount", f"no tmpfs on {hidden}")
+    from wg_wrap import netns
+    from wg_wrap.errors import SetupError
+
+    try:
+        print(netns.self_test(PROBE_IFNAME))
+    except SetupError as e:
+        return _probe_failed("network", e.message)
+    return 0
+
+
+def _probe_failed(step: str, message: str) -> int:
+    print(f"{step}: {message}", file=sys.stderr)
+    return _PROBE_FAILED
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """What the launcher running the probe returned (``status`` None: it
+    could not be run or timed out, and ``stderr`` says why)."""
+
+    status: int | None
+    stdout: str
+    stderr: str
+
+
+def _run_probe(launcher: str) -> ProbeRun:
+    """Run ``inside`` through the launcher, with wg-wrap's own mounts (a
+    resolv.conf bind-mounted as dns.mount_ops does) and a tmpfs."""
+    with tempfile.TemporaryDirectory(prefix="wg-wrap-doctor-") as tmp:
+        generated = os.path.join(tmp, "resolv.conf")
+        content = f"# wg-wrap doctor {os.getpid()}\n"
+        with open(generated, "w") as f:
+            f.write(content)
+        hidden = os.path.join(tmp, "hidden")
+        os.mkdir(hidden)
+        ops = [*dns.mount_ops(generated, dns.HostLayout.read()), "--tmpfs", hidden]
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # -P: nothing from the working directory shadows the package.
+        program = [sys.executable, "-P", "-c",
+                   "import sys; sys.path.insert(0, sys.argv[1]); from wg_wrap import doctor; "
+                   "sys.exit(doctor.inside(sys.argv[2:]))",
+                   package_parent, hidden, content]
+        argv = [launcher, "--expect-version", __version__, "create", *ops, "--", *program]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return ProbeRun(None, "", str(e))
+    return ProbeRun(done.returncode, done.stdout, done.stderr)
+
+
+def probe_checks(run: ProbeRun, blocked: bool, launcher: str) -> Probe:
+    """The two check lines a probe run gives.  ``blocked``: AppArmor's
+    restriction applies to this launcher, and its fix comes first."""
+    namespaces = "user namespaces"
+    tun = "TUN in a namespace"
+    if run.status == 0:
+        return Probe(
+            Check(namespaces, True, "user, mount and network namespaces, with wg-wrap's "
+                  "resolv.conf mount and a tmpfs in them"),
+            Check(tun, True, f"{run.stdout.strip()}, with CAP_NET_ADMIN only"),
+        )
+    lines = run.stderr.strip().splitlines()
+    reason = lines[-1] if lines else f"exit status {run.status}"
+    hint = _SEE_APPARMOR if blocked else hint_for(reason, launcher=launcher) or ""
+    if run.status == _PROBE_FAILED and reason.startswith("network: "):
+        ok = Check(namespaces, True, "user, mount and network namespaces, with mounts in them")
+        return Probe(ok, Check(tun, False, reason.removeprefix("network: "), hint))
+    if run.status == _PROBE_FAILED:
+        reason = reason.removeprefix("mount: ")
+    return Probe(Check(namespaces, False, reason, hint),
+                 Check(tun, False, "not tried: the namespaces failed"))
+
+
+def namespace_checks(report: apparmor.Report, run: ProbeRun, command: str) -> list[Check]:
+    """AppArmor, then the probe's two lines: when AppArmor is what blocks the
+    namespaces, its fix is the first one printed."""
+    probe = probe_checks(run, report.restricted and not report.profile_loaded, report.launcher)
+    probe_ok = probe.namespaces.ok and probe.tun.ok
+    return [apparmor_check(report, probe_ok, command), probe.namespaces, probe.tun]
+
+
+# ---- AppArmor ------------------------------------------------------------
+
+def apparmor_check(report: apparmor.Report, probe_ok: bool, command: str) -> Check:
+    """The AppArmor line: the restriction, the profile for this launcher,
+    and when it is needed, the fix: the profile first, the sysctl last.
+
+    ``command`` is how the user runs wg-wrap (for ``--apparmor-profile``)."""
+    name = "AppArmor"
+    if not report.enabled:
+        return Check(name, True, "not enabled")
+    if not report.restriction:
+        return Check(name, True, f"enabled; unprivileged user namespaces are not restricted "
+                     f"({apparmor.SYSCTL}=0 or absent)")
+    said = f"{apparmor.SYSCTL}=1"
+    profile, loaded = report.profile, report.profile_loaded
+    if profile is not None and (loaded or (loaded is None and probe_ok)):
+        state = "loaded" if loaded else "the probe below passes"
+        return Check(name, True, f"{said}; the profile {profile.name} ({profile.path}) "
+                     f"exempts {report.launcher} ({state})")
+    if profile is None:
+        problem = f"no profile in {apparmor.PROFILE_DIR} exempts {report.launcher}"
+        for other in report.elsewhere:
+            problem += f" ({other.path} is for {other.attachment or 'no path'})"
+    elif profile.disabled:
+        problem = f"the profile {profile.path} for {report.launcher} is disabled"
+    elif loaded is False:
+        problem = f"the profile {profile.path} for {report.launcher} is not loaded"
+    else:
+        problem = f"the profile {profile.path} for {report.launcher} seems not loaded"
+    detail = (f"{said}: user namespaces get no capabilities (no uid map, mounts or TUN), "
+              f"and {problem}")
+    last_resort = (f"last resort: `{apparmor.sysctl_command()}` lowers the protection for "
+                   "the whole machine: every program may then create user namespaces "
+                   "with capabilities")
+    if not report.abi_4:
+        return Check(
+            name, False, detail,
+            f"this AppArmor is older than 4.0 (no {apparmor.ABI_4_FILE}): it cannot load a "
+            "profile with a `userns` rule; upgrade AppArmor",
+            more=(last_resort,),
+        )
+    commands = tuple(f"  {c}" for c in apparmor.fix_commands(report, command))
+    if profile is not None:
+        fix = f"load the profile {profile.path} (it exempts this launcher, and only it):"
+        return Check(name, probe_ok, detail, fix, note=probe_ok, more=(*commands, last_resort))
+    try:
+        text = apparmor.render(report.launcher, report.install_name)
+    except apparmor.UnrenderablePath as e:
+        return Check(name, False, detail, f"{e}: install wg-wrap under a plain path",
+                     more=(last_resort,))
+    fix = ("give this launcher, and only it, the right to create user namespaces with their "
+           f"capabilities, with this AppArmor profile ({report.install_path}):")
+    profile_lines = tuple(f"  {line}".rstrip() for line in text.splitlines())
+    return Check(
+        name, probe_ok, detail, fix, note=probe_ok,
+        more=(*profile_lines, "install and load it:", *commands, last_resort),
     )
 
 
-def _namespaces() -> Check:
+def print_profile() -> int:
+    """``doctor --apparmor-profile``: the profile for the launcher this
+    wg-wrap runs, to pipe into ``sudo install``."""
+    report = apparmor.detect(paths.launcher())
     try:
-        done = _in_namespaces(["/bin/sh", "-c", "exit 0"])
-    except (WgWrapError, OSError, subprocess.TimeoutExpired) as e:
-        return Check("user namespaces", False, str(e), USERNS_HINT)
-    if done.returncode != 0:
-        return Check("user namespaces", False, done.stderr.strip(), USERNS_HINT)
-    return Check("user namespaces", True, "user, network and mount namespaces work unprivileged")
+        sys.stdout.write(apparmor.render(report.launcher, report.install_name))
+    except apparmor.UnrenderablePath as e:
+        from wg_wrap.errors import SetupError
+
+        raise SetupError(str(e), hint="install wg-wrap under a plain path") from e
+    return 0
 
 
-def _tun_inside() -> Check:
-    try:
-        done = _in_namespaces([sys.executable, "-c", _TUN_PROBE])
-    except (WgWrapError, OSError, subprocess.TimeoutExpired) as e:
-        return Check("TUN in a namespace", False, str(e))
-    if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
-        return Check("TUN in a namespace", False, reason, hint_for(f"tun {reason}") or "")
-    return Check("TUN in a namespace", True, "created one with CAP_NET_ADMIN only")
-
+# ---- the rest ------------------------------------------------------------
 
 def _runtime_dir() -> Check:
     try:
@@ -147,23 +279,39 @@ def _host_ipv6() -> Check:
     return Check("host IPv6", True, "dual-stack: IPv4 and IPv6 endpoints")
 
 
-CHECKS: tuple[Callable[[], Check], ...] = (
-    _helpers, _tun_device, _namespaces, _tun_inside, _runtime_dir, _host_resolver, _host_ipv6,
-)
+def collect() -> list[Check]:
+    """Every check, in the order printed."""
+    helpers = _helpers()
+    if not helpers.ok:
+        return [helpers]  # the other checks need the helpers
+    launcher = paths.launcher()
+    return [
+        helpers,
+        *namespace_checks(apparmor.detect(launcher), _run_probe(launcher),
+                          hints.wg_wrap_command()),
+        _tun_device(),
+        _runtime_dir(),
+        _host_resolver(),
+        _host_ipv6(),
+    ]
+
+
+def format_checks(results: Sequence[Check]) -> str:
+    lines = []
+    for result in results:
+        label = "note" if result.note and result.hint else "ok" if result.ok else "FAIL"
+        lines.append(f"  {label:5} {result.name}: {result.detail}")
+        if result.hint:
+            lines.append(f"        fix: {result.hint}")
+        lines.extend(f"        {line}".rstrip() for line in result.more)
+    failed = [r for r in results if not r.ok]
+    lines.append("all good: wg-wrap can run here" if not failed else
+                 f"{len(failed)} problem{'s' if len(failed) > 1 else ''}: see the fixes above")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    results = []
-    for check in CHECKS:
-        result = check()
-        results.append(result)
-        label = "note" if result.note and result.hint else "ok" if result.ok else "FAIL"
-        print(f"  {label:5} {result.name}: {result.detail}")
-        if result.hint:
-            print(f"        fix: {result.hint}")
-        if check is _helpers and not result.ok:
-            break  # the namespace checks need the helpers
-    failed = [r for r in results if not r.ok]
-    print("all good: wg-wrap can run here" if not failed else
-          f"{len(failed)} problem{'s' if len(failed) > 1 else ''}: see the fixes above")
-    return 1 if failed else 0
+    results = collect()
+    sys.stdout.write(format_checks(results))
+    return 1 if any(not r.ok for r in results) else 0
+

@@ -214,9 +214,9 @@ def _show_log(path: str, verbose: bool) -> None:
 
 
 def _failure_hint(reason: str, verbose: bool) -> str:
-    from wg_wrap import doctor
+    from wg_wrap import hints
 
-    specific = doctor.hint_for(reason)
+    specific = hints.hint_for(reason)
     if specific:
         return specific
     more = "" if verbose else "run with -v to see the sidecar's log; "

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -113,16 +114,25 @@ func flock(fd, how int) error {
 
 // OthersInNetns reports whether any process under procRoot other than self
 // has the network namespace netns (as read from /proc/PID/ns/net, e.g.
-// "net:[4026532291]"). Processes that vanish or whose namespace link cannot
-// be read (other users' processes) are skipped.
+// "net:[4026532291]").
 func OthersInNetns(procRoot string, self int, netns string) (bool, error) {
+	members, err := Members(procRoot, netns, self)
+	return len(members) > 0, err
+}
+
+// Members lists the processes under procRoot whose network namespace is
+// netns, except those in exclude: the programs attached to a profile.
+// Processes that vanish or whose namespace link cannot be read (other
+// users' processes) are skipped.
+func Members(procRoot, netns string, exclude ...int) ([]int, error) {
 	entries, err := os.ReadDir(procRoot)
 	if err != nil {
-		return false, fmt.Errorf("listing processes: %w", err)
+		return nil, fmt.Errorf("listing processes: %w", err)
 	}
+	var members []int
 	for _, e := range entries {
 		pid, ok := parsePID(e.Name())
-		if !ok || pid == self {
+		if !ok || slices.Contains(exclude, pid) {
 			continue
 		}
 		link, err := os.Readlink(filepath.Join(procRoot, e.Name(), "ns", "net"))
@@ -130,10 +140,10 @@ func OthersInNetns(procRoot string, self int, netns string) (bool, error) {
 			continue
 		}
 		if link == netns {
-			return true, nil
+			members = append(members, pid)
 		}
 	}
-	return false, nil
+	return members, nil
 }
 
 // parsePID accepts the names of /proc's process directories: all digits.

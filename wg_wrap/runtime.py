@@ -282,6 +282,16 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, T for stopped…); "" if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
 def list_profiles(base: str) -> list[Profile]:
     try:
         names = sorted(os.listdir(base))

@@ -13,6 +13,11 @@ from wg_wrap.errors import UAPIError
 from wg_wrap.runtime import Profile, State
 
 
+# How long `ls` and `status` wait for a sidecar's answer: a stopped or hung
+# one is shown as such instead of holding everything up.
+UAPI_TIMEOUT = 0.5
+
+
 @dataclass
 class ProfileStatus:
     profile: Profile
@@ -42,9 +47,9 @@ def collect(profile: Profile) -> ProfileStatus:
         return ProfileStatus(profile, state, False)
     try:
         try:
-            device = uapi.UAPIClient(profile.uapi_path, timeout=2.0).get()
+            device = uapi.UAPIClient(profile.uapi_path, timeout=UAPI_TIMEOUT).get()
         except UAPIError:
-            device = None
+            device = None  # shown as not responding
         return ProfileStatus(
             profile, state, True, device, tuple(runtime.namespace_members(sidecar.pid)),
             _endpoint_names(profile),
@@ -87,15 +92,21 @@ def _summary(st: ProfileStatus, now: float) -> list[str]:
     endpoint = ", ".join(state.endpoints) or "-"
     if not st.alive:
         return [st.profile.name, state.mode, "-", "-", endpoint, "dead", "-", "-"]
-    peers = st.device.peers if st.device else ()
+    mode = state.mode if state.ready else "starting"
+    row = [st.profile.name, mode, str(state.sidecar_pid), str(len(st.members)), endpoint]
+    if st.device is None:
+        return [*row, not_responding(state.sidecar_pid), "-", "-"]
+    peers = st.device.peers
     last = max((p.last_handshake or 0 for p in peers), default=0)
     rx = sum(p.rx_bytes for p in peers)
     tx = sum(p.tx_bytes for p in peers)
-    mode = state.mode if state.ready else "starting"
-    return [
-        st.profile.name, mode, str(state.sidecar_pid), str(len(st.members)), endpoint,
-        age(last, now), human_bytes(rx), human_bytes(tx),
-    ]
+    return [*row, age(last, now), human_bytes(rx), human_bytes(tx)]
+
+
+def not_responding(pid: int) -> str:
+    """What a live sidecar that did not answer is shown as."""
+    stopped = runtime.process_state(pid) in ("T", "t")
+    return "not responding (stopped)" if stopped else "not responding"
 
 
 def format_ls(statuses: list[ProfileStatus]) -> str:
@@ -130,6 +141,8 @@ def as_dict(st: ProfileStatus) -> dict[str, Any]:
     out: dict[str, Any] = {"name": st.profile.name, "running": st.alive}
     if state is None:
         return out
+    if st.alive:
+        out["responding"] = st.device is not None
     out.update({
         "mode": state.mode, "config": state.config_path, "sidecar_pid": state.sidecar_pid,
         "created_at": state.created_at, "interface": state.ifname,
@@ -178,7 +191,9 @@ def format_status(st: ProfileStatus) -> str:
         f"  config: {d['config']}",
     ]
     if d["running"]:
-        lines.append(f"  sidecar: pid {d['sidecar_pid']}, up {duration(now - d['created_at'])}")
+        answer = "" if "peers" in d else f", {not_responding(d['sidecar_pid'])}"
+        lines.append(f"  sidecar: pid {d['sidecar_pid']}, up {duration(now - d['created_at'])}"
+                     + answer)
     lines += [
         f"  interface: {d['interface']}",
         f"  public key: {d['public_key']}",

@@ -5,6 +5,7 @@
 #   make install    PREFIX=/usr/local DESTDIR= BINDIR= LIBEXECDIR= MANDIR= DATADIR= PYTHON=
 #   make dist       wg-wrap-VERSION.tar.gz: the source a packager needs, vendored Go modules included
 #   make vendor     refresh go-sidecar/vendor/ from go.mod (needs the network)
+#   make docs       regenerate the man page from the parser
 # Quiet unless V=1. The build never touches the network: Go modules come from
 # go-sidecar/vendor/, and GOTOOLCHAIN=local forbids toolchain downloads.
 
@@ -61,7 +62,7 @@ SIDECAR_SOURCES = $(shell find go-sidecar -name '*.go' -not -name '*_test.go' -n
 	go-sidecar/go.mod go-sidecar/go.sum go-sidecar/vendor/modules.txt
 
 .PHONY: all binaries test test-go test-py stage demo install install-binaries install-data \
-	clean lint vendor dist
+	clean lint vendor dist docs
 
 all: binaries
 
@@ -108,6 +109,12 @@ test-py: stage
 	$(Q)WG_WRAP_STAGE=$(STAGE) $(STAGE)/venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test: test-go lint test-py
+
+# The man page, from the argparse parser (scripts/gen-docs.py: argparse-manpage,
+# pinned in scripts/stage.sh). It is committed: building and installing do not
+# need the tool.
+docs: stage
+	$(Q)$(STAGE)/venv/bin/python scripts/gen-docs.py
 
 demo: stage
 	$(Q)$(STAGE)/venv/bin/python -m wg_wrap demo

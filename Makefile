@@ -86,9 +86,12 @@ install-binaries: binaries
 	$(Q)install -d $(DESTDIR)$(LIBEXECDIR)/wg-wrap
 	$(Q)install -m 0755 build/wg-wrap-launcher build/wg-wrap-sidecar $(DESTDIR)$(LIBEXECDIR)/wg-wrap/
 
-# The systemd user unit and the AppArmor profile name the installed paths.
+# The systemd user unit and the AppArmor profile name the installed paths;
+# the man page is committed (`make docs`).
 install-data:
-	$(Q)install -d $(DESTDIR)$(SYSTEMDUSERUNITDIR) $(DESTDIR)$(DATADIR)/wg-wrap/apparmor
+	$(Q)install -d $(DESTDIR)$(SYSTEMDUSERUNITDIR) $(DESTDIR)$(DATADIR)/wg-wrap/apparmor \
+		$(DESTDIR)$(MANDIR)/man1
+	$(Q)install -m 0644 packaging/man/wg-wrap.1 $(DESTDIR)$(MANDIR)/man1/wg-wrap.1
 	$(Q)sed 's|@BINDIR@|$(BINDIR)|g' packaging/systemd/wg-wrap@.service.in \
 		> $(DESTDIR)$(SYSTEMDUSERUNITDIR)/wg-wrap@.service
 	$(Q)chmod 0644 $(DESTDIR)$(SYSTEMDUSERUNITDIR)/wg-wrap@.service

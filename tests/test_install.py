@@ -300,6 +300,11 @@ def test_make_install_stages_into_destdir(
     assert script.read_text().startswith(f"#!{build_env.python}\n")
     assert [p for p in destdir.rglob("wg-wrap") if p.is_file()] == [script]
 
+    # the man page as committed (`make docs`), in $(MANDIR)/man1
+    man_page = prefix / "share" / "man" / "man1" / "wg-wrap.1"
+    assert man_page.is_file() and stat.S_IMODE(man_page.stat().st_mode) == 0o644
+    assert filecmp.cmp(build_env.source / "packaging/man/wg-wrap.1", man_page, shallow=False)
+
     # nothing outside the prefix (LIBEXECDIR and BINDIR are below it here)
     assert all(p.is_relative_to(prefix) for p in destdir.rglob("*") if not p.is_dir())
 

@@ -5,7 +5,7 @@
 #   make install    PREFIX=/usr/local DESTDIR= BINDIR= LIBEXECDIR= MANDIR= DATADIR= PYTHON=
 #   make dist       wg-wrap-VERSION.tar.gz: the source a packager needs, vendored Go modules included
 #   make vendor     refresh go-sidecar/vendor/ from go.mod (needs the network)
-#   make docs       regenerate the man page from the parser
+#   make docs       regenerate the man page and the shell completions from the parser
 # Quiet unless V=1. The build never touches the network: Go modules come from
 # go-sidecar/vendor/, and GOTOOLCHAIN=local forbids toolchain downloads.
 
@@ -87,11 +87,15 @@ install-binaries: binaries
 	$(Q)install -m 0755 build/wg-wrap-launcher build/wg-wrap-sidecar $(DESTDIR)$(LIBEXECDIR)/wg-wrap/
 
 # The systemd user unit and the AppArmor profile name the installed paths;
-# the man page is committed (`make docs`).
+# the man page and the completions are committed (`make docs`).
 install-data:
 	$(Q)install -d $(DESTDIR)$(SYSTEMDUSERUNITDIR) $(DESTDIR)$(DATADIR)/wg-wrap/apparmor \
-		$(DESTDIR)$(MANDIR)/man1
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) \
+		$(DESTDIR)$(FISHCOMPDIR)
 	$(Q)install -m 0644 packaging/man/wg-wrap.1 $(DESTDIR)$(MANDIR)/man1/wg-wrap.1
+	$(Q)install -m 0644 packaging/completions/wg-wrap.bash $(DESTDIR)$(BASHCOMPDIR)/wg-wrap
+	$(Q)install -m 0644 packaging/completions/_wg-wrap $(DESTDIR)$(ZSHCOMPDIR)/_wg-wrap
+	$(Q)install -m 0644 packaging/completions/wg-wrap.fish $(DESTDIR)$(FISHCOMPDIR)/wg-wrap.fish
 	$(Q)sed 's|@BINDIR@|$(BINDIR)|g' packaging/systemd/wg-wrap@.service.in \
 		> $(DESTDIR)$(SYSTEMDUSERUNITDIR)/wg-wrap@.service
 	$(Q)chmod 0644 $(DESTDIR)$(SYSTEMDUSERUNITDIR)/wg-wrap@.service
@@ -113,9 +117,9 @@ test-py: stage
 
 test: test-go lint test-py
 
-# The man page, from the argparse parser (scripts/gen-docs.py: argparse-manpage,
-# pinned in scripts/stage.sh). It is committed: building and installing do not
-# need the tool.
+# The man page and the shell completions, from the argparse parser
+# (scripts/gen-docs.py: argparse-manpage and shtab, pinned in scripts/stage.sh).
+# The output is committed, so building and installing need neither tool.
 docs: stage
 	$(Q)$(STAGE)/venv/bin/python scripts/gen-docs.py
 

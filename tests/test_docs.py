@@ -1,18 +1,29 @@
-"""The man page: generated from the parser, up to date, lint-free, complete.
+"""The man page and the shell completions: generated from the parser, up to
+date, lint-free, complete, and working in real bash, zsh and fish.
 
-The committed packaging/man/wg-wrap.1 comes from scripts/gen-docs.py (`make
-docs`).  The tools are Debian's (man-db, groff-base), which .ci/run installs;
-a missing one fails the test, naming the package.
+The committed files (packaging/man/wg-wrap.1, packaging/completions/) come
+from scripts/gen-docs.py (`make docs`); the shells load them from where
+`make install` puts them, through their own loaders (bash-completion's,
+zsh's fpath, fish's vendor_completions.d), and complete as a user would:
+commands, options, running profiles, config names and .conf files.  The
+tools are Debian's (man-db, groff-base, bash-completion, zsh, fish), which
+.ci/run installs; a missing one fails the test, naming the package.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pty
 import re
+import select
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,7 +36,13 @@ sys.path.insert(0, str(REPO / "scripts"))
 import man_sections  # noqa: E402
 
 MAN_PAGE = REPO / "packaging" / "man" / "wg-wrap.1"
-GENERATED = [Path("packaging/man/wg-wrap.1")]
+GENERATED = [
+    Path("packaging/man/wg-wrap.1"),
+    Path("packaging/completions/wg-wrap.bash"),
+    Path("packaging/completions/_wg-wrap"),
+    Path("packaging/completions/wg-wrap.fish"),
+]
+BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
 
 
 def need(tool: str, package: str) -> str:
@@ -74,8 +91,8 @@ def test_generation_is_stable(stage: Stage, tmp_path: Path) -> None:
 
 
 def test_the_cli_never_imports_the_doc_tools(stage: Stage) -> None:
-    """argparse-manpage is a build-time tool, absent from a user's machine:
-    building the parser (for --help) must not need it."""
+    """shtab and argparse-manpage are build-time tools, absent from a user's
+    machine: building the parser (for --help) must not need them."""
     done = subprocess.run(
         [str(stage.python), "-X", "importtime", "-m", "wg_wrap", "run", "--help"],
         capture_output=True, text=True, timeout=60, cwd="/",
@@ -193,3 +210,232 @@ def test_every_environment_variable_wg_wrap_reads_is_documented() -> None:
     assert {"XDG_RUNTIME_DIR", "SHELL", "WG_WRAP_LIBEXEC_DIR"} <= names
     for name in names | {"XDG_CONFIG_HOME", "NOTIFY_SOCKET"}:
         assert re.search(rf"^\.TP\n{name}$", env, re.MULTILINE), name
+
+
+# ---- the completions, in real shells ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class World:
+    """Completion files installed by `make install-data`, and a user's state:
+    two running profiles, two configs in the config directory, and a working
+    directory with a .conf file, another file and a subdirectory."""
+
+    root: Path
+    share: Path  # DESTDIR/usr/share
+    home: Path
+    runtime: Path  # XDG_RUNTIME_DIR
+    config_home: Path  # XDG_CONFIG_HOME
+    cwd: Path
+    bin: Path  # a `wg-wrap` on PATH: fish loads completions for commands it finds
+
+    def env(self, fallback: bool = False) -> dict[str, str]:
+        env = {
+            "PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8",
+            "TERM": "dumb", "XDG_CONFIG_HOME": str(self.config_home),
+            "XDG_DATA_DIRS": str(self.share),
+        }
+        if not fallback:
+            env["XDG_RUNTIME_DIR"] = str(self.runtime)
+        return env
+
+
+PROFILES = {"wg0", "home-vpn"}
+CONFIG_NAMES = {"wg0", "office"}
+FALLBACK_PROFILE = "via-tmp"
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    # Not under /tmp: the fallback tests mount a private /tmp over it.
+    root = Path(tempfile.mkdtemp(prefix="wg-wrap-docs-", dir="/var/tmp"))
+    try:
+        destdir = root / "destdir"
+        done = subprocess.run(
+            ["make", "-s", "-C", str(REPO), "install-data", f"DESTDIR={destdir}", "PREFIX=/usr"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        w = World(root, destdir / "usr" / "share", root / "home", root / "run",
+                  root / "config", root / "cwd", root / "bin")
+        for name in PROFILES:
+            (w.runtime / "wg-wrap" / name).mkdir(parents=True)
+        (w.runtime / "wg-wrap" / "lock").write_text("")  # a file: not a profile
+        (w.config_home / "wg-wrap").mkdir(parents=True)
+        for name in CONFIG_NAMES:
+            (w.config_home / "wg-wrap" / f"{name}.conf").write_text("")
+        (w.config_home / "wg-wrap" / "notes.txt").write_text("")
+        (w.cwd / "sub").mkdir(parents=True)
+        (w.cwd / "a.conf").write_text("")
+        (w.cwd / "b.txt").write_text("")
+        w.home.mkdir()
+        w.bin.mkdir()
+        (w.bin / "wg-wrap").write_text("#!/bin/sh\nexit 0\n")
+        (w.bin / "wg-wrap").chmod(0o755)
+        yield w
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def with_private_tmp(argv: list[str]) -> list[str]:
+    """argv in a mount namespace of its own with an empty /tmp holding only
+    the fallback runtime directory /tmp/wg-wrap-EUID with one profile."""
+    setup = (f"mount -t tmpfs -o mode=1777 wg-wrap-test /tmp && "
+             f"mkdir -p /tmp/wg-wrap-{os.geteuid()}/{FALLBACK_PROFILE} && exec \"$@\"")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, "sh", *argv]
+
+
+def commands() -> set[str]:
+    return set(subparsers(cli.build_parser()))
+
+
+def options_of(command: str) -> set[str]:
+    return set(option_strings(subparsers(cli.build_parser())[command]))
+
+
+# (words on the line, the last one being completed) -> what is offered
+CASES = [
+    (["wg-wrap", ""], commands),
+    (["wg-wrap", "-"], lambda: set(option_strings(cli.build_parser()))),
+    (["wg-wrap", "run", "-"], lambda: options_of("run")),
+    (["wg-wrap", "up", "--"], lambda: {o for o in options_of("up") if o.startswith("--")}),
+    (["wg-wrap", "exec", ""], lambda: PROFILES),
+    (["wg-wrap", "exec", "-v", ""], lambda: PROFILES),
+    (["wg-wrap", "down", "h"], lambda: {"home-vpn"}),
+    (["wg-wrap", "status", ""], lambda: PROFILES),
+    (["wg-wrap", "run", "-n", ""], lambda: CONFIG_NAMES),
+    (["wg-wrap", "up", "--name", "o"], lambda: {"office"}),
+    (["wg-wrap", "run", "-c", ""], lambda: {"a.conf", "sub"}),
+    (["wg-wrap", "up", "--config", ""], lambda: {"a.conf", "sub"}),
+]
+CASE_IDS = [" ".join(words).strip() or "empty" for words, _ in CASES]
+
+
+def offered(lines: str) -> set[str]:
+    """Candidates, without descriptions (fish: TAB) or a directory's slash."""
+    return {line.split("\t")[0].rstrip("/") for line in lines.splitlines() if line}
+
+
+# bash: bash-completion loads the file from XDG_DATA_DIRS, as it would
+# /usr/share/bash-completion/completions/wg-wrap; then the completion
+# function runs as on TAB, with COMP_WORDS and COMP_CWORD set.
+BASH_DRIVER = r"""
+source /usr/share/bash-completion/bash_completion
+__load_completion wg-wrap || { echo "bash-completion found no completion for wg-wrap" >&2; exit 3; }
+spec=$(complete -p wg-wrap)
+[[ $spec == *" -F "* ]] || { echo "no completion function: $spec" >&2; exit 3; }
+fn=${spec##* -F }; fn=${fn%% *}
+COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+COMPREPLY=()
+"$fn" wg-wrap "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\n' "${COMPREPLY[@]}"
+"""
+
+
+def bash_complete(w: World, words: list[str], fallback: bool = False) -> set[str]:
+    bash = need("bash", "bash")
+    if not BASH_COMPLETION.is_file():
+        pytest.fail(f"{BASH_COMPLETION} is missing: `apt-get install bash-completion`",
+                    pytrace=False)
+    argv = [bash, "--norc", "--noprofile", "-c", BASH_DRIVER, "bash", *words]
+    done = subprocess.run(with_private_tmp(argv) if fallback else argv, cwd=w.cwd,
+                          env=w.env(fallback), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return offered(done.stdout)
+
+
+# zsh: an interactive zsh on a pseudo-terminal, compinit with the installed
+# site-functions directory in fpath, the line typed and TAB pressed.  A
+# wrapper around the compadd builtin records the matches the completion
+# system adds (after matching them against the word, as compadd -O does),
+# and a post-completion hook marks the end.
+ZSH_SETUP = r"""
+fpath=({site_functions} $fpath); autoload -Uz compinit; compinit -u -D
+compadd() {{
+  if (( ${{argv[(I)-[OAD]*]}} )); then builtin compadd "$@"; return; fi
+  local -a __matches
+  builtin compadd -O __matches "$@"
+  (( $#__matches )) && print -rl -- $__matches >> {out}
+  builtin compadd "$@"
+}}
+_wg_wrap_test_done() {{ print -r -- '<done>' >> {out} }}
+comppostfuncs=(_wg_wrap_test_done)
+"""
+
+
+def zsh_complete(w: World, words: list[str], fallback: bool = False) -> set[str]:
+    zsh = need("zsh", "zsh")
+    with tempfile.TemporaryDirectory(dir=w.root) as scratch:
+        out = Path(scratch) / "matches"
+        setup = ZSH_SETUP.format(site_functions=w.share / "zsh" / "site-functions", out=out)
+        argv = [zsh, "-f", "-i"]
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            with_private_tmp(argv) if fallback else argv, stdin=slave, stdout=slave,
+            stderr=slave, cwd=w.cwd, env={**w.env(fallback), "PS1": "> "},
+            start_new_session=True,
+        )
+        os.close(slave)
+        screen = b""
+        try:
+            os.write(master, setup.encode() + " ".join(words).encode() + b"\t")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if out.exists() and "<done>" in out.read_text():
+                    break
+                ready, _, _ = select.select([master], [], [], 0.1)
+                if ready:
+                    try:
+                        screen += os.read(master, 65536)
+                    except OSError:  # zsh is gone
+                        break
+            else:
+                pytest.fail(f"zsh completed nothing in 30 s; its terminal showed: {screen!r}")
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            os.close(master)
+        text = out.read_text() if out.exists() else ""
+        assert "<done>" in text, f"zsh exited; its terminal showed: {screen!r}"
+        return offered(text.replace("<done>", ""))
+
+
+# fish: fish finds wg-wrap.fish in vendor_completions.d of XDG_DATA_DIRS, as
+# it would in /usr/share/fish/vendor_completions.d; `complete -C` prints
+# what TAB would offer.
+def fish_complete(w: World, words: list[str], fallback: bool = False) -> set[str]:
+    fish = need("fish", "fish")
+    argv = [fish, "-c", "complete --do-complete=$argv[1]", " ".join(words)]
+    done = subprocess.run(with_private_tmp(argv) if fallback else argv, cwd=w.cwd,
+                          env=w.env(fallback), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return offered(done.stdout)
+
+
+SHELLS = {"bash": bash_complete, "zsh": zsh_complete, "fish": fish_complete}
+
+
+@pytest.mark.parametrize("shell", list(SHELLS))
+@pytest.mark.parametrize(("words", "expected"), CASES, ids=CASE_IDS)
+def test_completion(world: World, shell: str, words: list[str], expected: object) -> None:
+    assert callable(expected)
+    assert SHELLS[shell](world, words) == expected()
+
+
+@pytest.mark.parametrize("shell", list(SHELLS))
+def test_profiles_come_from_tmp_without_xdg_runtime_dir(world: World, shell: str) -> None:
+    """wg-wrap's own fallback (wg_wrap/runtime.py): /tmp/wg-wrap-EUID."""
+    need("unshare", "util-linux")
+    if os.geteuid() != 0:
+        pytest.fail("the fallback test mounts a private /tmp: run it as root", pytrace=False)
+    assert SHELLS[shell](world, ["wg-wrap", "exec", ""], fallback=True) == {FALLBACK_PROFILE}
+
+
+COMPLETION_FILES = {"bash": GENERATED[1], "zsh": GENERATED[2], "fish": GENERATED[3]}
+
+
+@pytest.mark.parametrize("shell", list(COMPLETION_FILES))
+def test_completion_files_parse(shell: str) -> None:
+    done = subprocess.run([need(shell, shell), "-n", str(REPO / COMPLETION_FILES[shell])],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

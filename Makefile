@@ -5,6 +5,7 @@
 #   make install    PREFIX=/usr/local DESTDIR= BINDIR= LIBEXECDIR= MANDIR= DATADIR= PYTHON=
 #   make dist       wg-wrap-VERSION.tar.gz: the source a packager needs, vendored Go modules included
 #   make vendor     refresh go-sidecar/vendor/ from go.mod (needs the network)
+#   make docs       regenerate the man page and the shell completions from the parser
 # Quiet unless V=1. The build never touches the network: Go modules come from
 # go-sidecar/vendor/, and GOTOOLCHAIN=local forbids toolchain downloads.
 
@@ -62,7 +63,7 @@ SIDECAR_SOURCES = $(shell find go-sidecar -name '*.go' -not -name '*_test.go' -n
 	go-sidecar/go.mod go-sidecar/go.sum go-sidecar/vendor/modules.txt
 
 .PHONY: all binaries test test-go test-py stage demo install install-binaries install-data \
-	clean lint vendor dist
+	clean lint vendor dist docs
 
 all: binaries
 
@@ -86,9 +87,16 @@ install-binaries: binaries
 	$(Q)install -d $(DESTDIR)$(LIBEXECDIR)/wg-wrap
 	$(Q)install -m 0755 build/wg-wrap-launcher build/wg-wrap-sidecar $(DESTDIR)$(LIBEXECDIR)/wg-wrap/
 
-# The systemd user unit and the AppArmor profile name the installed paths.
+# The systemd user unit and the AppArmor profile name the installed paths;
+# the man page and the completions are committed (`make docs`).
 install-data:
-	$(Q)install -d $(DESTDIR)$(SYSTEMDUSERUNITDIR) $(DESTDIR)$(DATADIR)/wg-wrap/apparmor
+	$(Q)install -d $(DESTDIR)$(SYSTEMDUSERUNITDIR) $(DESTDIR)$(DATADIR)/wg-wrap/apparmor \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) \
+		$(DESTDIR)$(FISHCOMPDIR)
+	$(Q)install -m 0644 packaging/man/wg-wrap.1 $(DESTDIR)$(MANDIR)/man1/wg-wrap.1
+	$(Q)install -m 0644 packaging/completions/wg-wrap.bash $(DESTDIR)$(BASHCOMPDIR)/wg-wrap
+	$(Q)install -m 0644 packaging/completions/_wg-wrap $(DESTDIR)$(ZSHCOMPDIR)/_wg-wrap
+	$(Q)install -m 0644 packaging/completions/wg-wrap.fish $(DESTDIR)$(FISHCOMPDIR)/wg-wrap.fish
 	$(Q)sed 's|@BINDIR@|$(BINDIR)|g' packaging/systemd/wg-wrap@.service.in \
 		> $(DESTDIR)$(SYSTEMDUSERUNITDIR)/wg-wrap@.service
 	$(Q)chmod 0644 $(DESTDIR)$(SYSTEMDUSERUNITDIR)/wg-wrap@.service
@@ -109,6 +117,12 @@ test-py: stage
 	$(Q)WG_WRAP_STAGE=$(STAGE) $(STAGE)/venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test: test-go lint test-py
+
+# The man page and the shell completions, from the argparse parser
+# (scripts/gen-docs.py: argparse-manpage and shtab, pinned in scripts/stage.sh).
+# The output is committed, so building and installing need neither tool.
+docs: stage
+	$(Q)$(STAGE)/venv/bin/python scripts/gen-docs.py
 
 demo: stage
 	$(Q)$(STAGE)/venv/bin/python -m wg_wrap demo

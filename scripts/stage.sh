@@ -7,7 +7,9 @@ STAGE=${STAGE:-/var/tmp/wg-wrap-stage}
 PYTHON=${PYTHON:-/usr/bin/python3}
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=$STAGE/venv
-reqs="pyroute2>=0.7 psutil>=5.9 tomli-w>=1.0 pytest>=7 hypothesis>=6 pytest-timeout>=2 wheel setuptools>=61 ruff mypy"
+# shtab and argparse-manpage write the committed completions and man page
+# (make docs); pinned, since tests/test_docs.py compares their output byte for byte.
+reqs="pyroute2>=0.7 psutil>=5.9 tomli-w>=1.0 pytest>=7 hypothesis>=6 pytest-timeout>=2 wheel setuptools>=61 ruff mypy shtab==1.13.0 argparse-manpage==4.8"
 
 mkdir -p "$STAGE"
 chmod 0755 "$STAGE"

@@ -261,7 +261,8 @@ def staged_package(destdir: Path) -> Path:
     [
         ({"PREFIX": "/usr"}, "usr/libexec/wg-wrap", "usr/bin"),
         (
-            {"PREFIX": "/usr", "LIBEXECDIR": "/usr/lib", "BINDIR": "/usr/sbin"},
+            {"PREFIX": "/usr", "LIBEXECDIR": "/usr/lib", "BINDIR": "/usr/sbin",
+             "ZSHCOMPDIR": "/usr/share/zsh/vendor-completions"},  # Debian's zsh directory
             "usr/lib/wg-wrap",
             "usr/sbin",
         ),
@@ -294,11 +295,31 @@ def test_make_install_stages_into_destdir(
     assert not (package / "_libexec").exists()
     assert not [p for p in package.rglob("*") if p.name in BINARIES]
 
-    # the console script in $(BINDIR), and nowhere else
+    # the console script in $(BINDIR); the only other file of that name is
+    # bash's completion
     script = destdir / bindir / "wg-wrap"
     assert_executable_file(script)
     assert script.read_text().startswith(f"#!{build_env.python}\n")
-    assert [p for p in destdir.rglob("wg-wrap") if p.is_file()] == [script]
+    share = prefix / "share"
+    bash_completion = share / "bash-completion" / "completions" / "wg-wrap"
+    assert sorted(p for p in destdir.rglob("wg-wrap") if p.is_file()) == sorted(
+        [script, bash_completion]
+    )
+
+    # the man page and the completions as committed (`make docs`), where
+    # man and each shell look for them: $(MANDIR)/man1, $(BASHCOMPDIR), ...
+    zsh_dir = (destdir / variables["ZSHCOMPDIR"].lstrip("/") if "ZSHCOMPDIR" in variables
+               else share / "zsh" / "site-functions")
+    docs = {
+        share / "man" / "man1" / "wg-wrap.1": "packaging/man/wg-wrap.1",
+        bash_completion: "packaging/completions/wg-wrap.bash",
+        zsh_dir / "_wg-wrap": "packaging/completions/_wg-wrap",
+        share / "fish" / "vendor_completions.d" / "wg-wrap.fish":
+            "packaging/completions/wg-wrap.fish",
+    }
+    for installed, source in docs.items():
+        assert installed.is_file() and stat.S_IMODE(installed.stat().st_mode) == 0o644, installed
+        assert filecmp.cmp(build_env.source / source, installed, shallow=False), installed
 
     # nothing outside the prefix (LIBEXECDIR and BINDIR are below it here)
     assert all(p.is_relative_to(prefix) for p in destdir.rglob("*") if not p.is_dir())

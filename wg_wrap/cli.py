@@ -36,6 +36,23 @@ examples:
 """
 
 
+# What the shell completions offer for an argument: shtab's `.complete`
+# attribute, read only by scripts/gen-docs.py (argparse ignores it; nothing
+# here imports shtab). Per shell, a function defined in
+# packaging/completions/hooks.SHELL or one of the shell's own completers.
+COMPLETE_PROFILE = {  # the running profiles (directories in the runtime directory)
+    "bash": "_wg_wrap_profiles", "zsh": "_wg_wrap_profiles", "fish": "(_wg_wrap_profiles)",
+}
+COMPLETE_CONFIG_FILE = {  # *.conf files, and directories to look in
+    "bash": "_wg_wrap_config_files", "zsh": "_files -g '*.conf'",
+    "fish": "(_wg_wrap_config_files)",
+}
+COMPLETE_CONFIG_NAME = {  # NAME for each NAME.conf in the config directory
+    "bash": "_wg_wrap_config_names", "zsh": "_wg_wrap_config_names",
+    "fish": "(_wg_wrap_config_names)",
+}
+
+
 MORE_EXAMPLES = """\
   wg-wrap up -c ~/vpn/wg0.conf && wg-wrap exec wg0 -- firefox
   wg-wrap status wg0
@@ -69,6 +86,10 @@ def _seconds(text: str) -> float:
 
 def _ip_text(text: str) -> str:
     return str(_dns_server(text))
+
+
+def _completes(action: argparse.Action, what: dict[str, str]) -> None:
+    action.complete = what  # type: ignore[attr-defined]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,13 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument(
+    _completes(run.add_argument(
         "-c", "--config", metavar="FILE",
         help="wg-quick configuration file, e.g. -c ~/vpn/wg0.conf (the one your VPN provider "
         "gave you); PostUp/PreDown hooks, FwMark and SaveConfig are ignored. Without -c, "
         "-n NAME joins profile NAME if it is up, else reads NAME.conf from "
         "$XDG_CONFIG_HOME/wg-wrap (~/.config/wg-wrap)",
-    )
+    ), COMPLETE_CONFIG_FILE)
     _add_common(run)
     _add_network(run)
     run.add_argument(
@@ -135,9 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  systemctl --user enable --now wg-wrap@wg0   (runs `wg-wrap up --foreground -n wg0`)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    up.add_argument("-c", "--config", metavar="FILE",
-                    help="wg-quick configuration file, e.g. -c ~/vpn/wg0.conf; without it, "
-                    "-n NAME reads NAME.conf from $XDG_CONFIG_HOME/wg-wrap (~/.config/wg-wrap)")
+    _completes(up.add_argument(
+        "-c", "--config", metavar="FILE",
+        help="wg-quick configuration file, e.g. -c ~/vpn/wg0.conf; without it, "
+        "-n NAME reads NAME.conf from $XDG_CONFIG_HOME/wg-wrap (~/.config/wg-wrap)",
+    ), COMPLETE_CONFIG_FILE)
     _add_common(up)
     _add_network(up)
     up.add_argument("--no-wait", action="store_true",
@@ -159,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  wg-wrap exec wg0 -- curl https://example.com",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    exec_.add_argument("name", metavar="NAME", help="profile name, e.g. wg0 (see `wg-wrap ls`)")
+    _completes(exec_.add_argument("name", metavar="NAME",
+                                  help="profile name, e.g. wg0 (see `wg-wrap ls`)"),
+               COMPLETE_PROFILE)
     exec_.add_argument("-v", "--verbose", action="store_true", help="trace each step")
     exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
                        help="the program to run inside, after `--` (default: your $SHELL)")
@@ -171,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  wg-wrap down wg0\n  wg-wrap down --force wg0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    down.add_argument("name", metavar="NAME", help="profile name, e.g. wg0")
+    _completes(down.add_argument("name", metavar="NAME", help="profile name, e.g. wg0"),
+               COMPLETE_PROFILE)
     down.add_argument("-f", "--force", action="store_true",
                       help="stop even with programs attached (they lose the network)")
     down.add_argument("-v", "--verbose", action="store_true", help="trace each step")
@@ -186,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "transfer, and the attached processes.",
                             epilog="examples:\n  wg-wrap status wg0\n  wg-wrap status --json",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    status.add_argument("name", nargs="?", metavar="NAME", help="profile name (default: all)")
+    _completes(status.add_argument("name", nargs="?", metavar="NAME",
+                                   help="profile name (default: all)"),
+               COMPLETE_PROFILE)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
 
@@ -233,11 +261,11 @@ def _exec_fast_path(argv: list[str]) -> tuple[str, list[str], bool] | None:
 
 def _add_common(p: argparse.ArgumentParser, with_name: bool = True) -> None:
     if with_name:
-        p.add_argument(
+        _completes(p.add_argument(
             "-n", "--name", metavar="NAME",
             help="profile name (default: the config file's name without .conf, e.g. wg0); "
             "commands run with the same name share one tunnel",
-        )
+        ), COMPLETE_CONFIG_NAME)
     p.add_argument(
         "-v", "--verbose", action="store_true",
         help="trace each setup step (e.g. `[#] ip address add 10.0.0.2/32 dev tun0`), log "

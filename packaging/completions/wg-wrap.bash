@@ -8,13 +8,13 @@
 
 _shtab_wg_wrap_subparsers=(run up exec down ls status doctor demo)
 
-_shtab_wg_wrap_run_option_strings=(-h --help -c --config -n --name -v --verbose --dns --listen-address)
-_shtab_wg_wrap_up_option_strings=(-h --help -c --config -n --name -v --verbose --dns --listen-address --no-wait --timeout)
+_shtab_wg_wrap_run_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address)
+_shtab_wg_wrap_up_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address --no-wait --foreground --timeout)
 _shtab_wg_wrap_exec_option_strings=(-h --help -v --verbose)
 _shtab_wg_wrap_down_option_strings=(-h --help -f --force -v --verbose)
 _shtab_wg_wrap_ls_option_strings=(-h --help -v --verbose)
 _shtab_wg_wrap_status_option_strings=(-h --help --json -v --verbose)
-_shtab_wg_wrap_doctor_option_strings=(-h --help)
+_shtab_wg_wrap_doctor_option_strings=(-h --help --apparmor-profile)
 _shtab_wg_wrap_demo_option_strings=(-h --help -v --verbose)
 _shtab_wg_wrap_option_strings=(-h --help --version)
 
@@ -42,6 +42,7 @@ _shtab_wg_wrap_up___help_nargs=0
 _shtab_wg_wrap_up__v_nargs=0
 _shtab_wg_wrap_up___verbose_nargs=0
 _shtab_wg_wrap_up___no_wait_nargs=0
+_shtab_wg_wrap_up___foreground_nargs=0
 _shtab_wg_wrap_exec_pos_1_nargs=...
 _shtab_wg_wrap_exec__h_nargs=0
 _shtab_wg_wrap_exec___help_nargs=0
@@ -64,6 +65,7 @@ _shtab_wg_wrap_status__v_nargs=0
 _shtab_wg_wrap_status___verbose_nargs=0
 _shtab_wg_wrap_doctor__h_nargs=0
 _shtab_wg_wrap_doctor___help_nargs=0
+_shtab_wg_wrap_doctor___apparmor_profile_nargs=0
 _shtab_wg_wrap_demo__h_nargs=0
 _shtab_wg_wrap_demo___help_nargs=0
 _shtab_wg_wrap_demo__v_nargs=0

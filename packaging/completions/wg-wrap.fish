@@ -90,7 +90,7 @@ function _shtab_wg_wrap_using
 end
 
 set -g _shtab_wg_wrap_commands run up exec down ls status doctor demo
-set -g _shtab_wg_wrap_opts_with_value --config --dns --listen-address --name --timeout -c -n
+set -g _shtab_wg_wrap_opts_with_value --config --dns --listen-address --name --reresolve-after --timeout -c -n
 
 complete -c wg-wrap -e
 complete -c wg-wrap -f
@@ -99,19 +99,22 @@ complete -c wg-wrap -n _shtab_wg_wrap_using -s h -l help -d 'show this help mess
 complete -c wg-wrap -n _shtab_wg_wrap_using -l version -d 'show wg-wrap'"'"'s version and its helpers'"'"' (with the wireguard-go module the sidecar was built with), then exit'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a run -d 'run a command behind the tunnel of a wg-quick config'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s h -l help -d 'show this help message and exit'
-complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s c -l config -xka "(_wg_wrap_config_files)" -d 'wg-quick configuration file, e.g. -c ~/vpn/wg0.conf (the one your VPN provider gave you); PostUp/PreDown hooks, FwMark and SaveConfig are ignored'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s c -l config -xka "(_wg_wrap_config_files)" -d 'wg-quick configuration file, e.g. -c ~/vpn/wg0.conf (the one your VPN provider gave you); PostUp/PreDown hooks, FwMark and SaveConfig are ignored. Without -c, -n NAME joins profile NAME if it is up, else reads NAME.conf from $XDG_CONFIG_HOME/wg-wrap (~/.config/wg-wrap)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s n -l name -xka "(_wg_wrap_config_names)" -d 'profile name (default: the config file'"'"'s name without .conf, e.g. wg0); commands run with the same name share one tunnel'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s v -l verbose -d 'trace each setup step (e.g. `[#] ip address add 10.0.0.2/32 dev tun0`), log the sidecar verbosely (sidecar.log in the runtime directory), show tracebacks'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a up -d 'start a persistent tunnel that later commands join (`exec`, `run`)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s h -l help -d 'show this help message and exit'
-complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s c -l config -xka "(_wg_wrap_config_files)" -d 'wg-quick configuration file, e.g. -c ~/vpn/wg0.conf'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s c -l config -xka "(_wg_wrap_config_files)" -d 'wg-quick configuration file, e.g. -c ~/vpn/wg0.conf; without it, -n NAME reads NAME.conf from $XDG_CONFIG_HOME/wg-wrap (~/.config/wg-wrap)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s n -l name -xka "(_wg_wrap_config_names)" -d 'profile name (default: the config file'"'"'s name without .conf, e.g. wg0); commands run with the same name share one tunnel'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s v -l verbose -d 'trace each setup step (e.g. `[#] ip address add 10.0.0.2/32 dev tun0`), log the sidecar verbosely (sidecar.log in the runtime directory), show tracebacks'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l no-wait -d 'return at once instead of waiting for the first handshake (e.g. for a server, or a peer that is not up yet)'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l foreground -d 'stay in the foreground until SIGTERM or Ctrl-C, then take the profile down; tell systemd (Type=notify) when the tunnel is up; exit non-zero if the sidecar dies'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l timeout -x -d 'how long to wait for the first handshake, e.g. --timeout 30 (default: 15)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a exec -d 'run a command in a running profile'
 complete -c wg-wrap -n '_shtab_wg_wrap_using exec' -s h -l help -d 'show this help message and exit'
@@ -132,6 +135,7 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using status' -s v -l verbose -d 'show tr
 complete -c wg-wrap -n '_shtab_wg_wrap_using status; and test $_shtab_wg_wrap_npos -eq 0' -ka "(_wg_wrap_profiles)" -d 'profile name (default: all)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a doctor -d 'check that this machine can run wg-wrap, and say how to fix it'
 complete -c wg-wrap -n '_shtab_wg_wrap_using doctor' -s h -l help -d 'show this help message and exit'
+complete -c wg-wrap -n '_shtab_wg_wrap_using doctor' -l apparmor-profile -d 'print the AppArmor profile that lets this installation'"'"'s launcher create user namespaces (for `sudo install -m 0644 /dev/stdin /etc/apparmor.d/…`), and exit'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a demo -d 'show wg-wrap working with no VPN account (a local peer on 127.0.0.1)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using demo' -s h -l help -d 'show this help message and exit'
 complete -c wg-wrap -n '_shtab_wg_wrap_using demo' -s v -l verbose -d 'trace each setup step (e.g. `[#] ip address add 10.0.0.2/32 dev tun0`), log the sidecar verbosely (sidecar.log in the runtime directory), show tracebacks'

@@ -6,6 +6,7 @@
 #   make dist       wg-wrap-VERSION.tar.gz: the source a packager needs, vendored Go modules included
 #   make vendor     refresh go-sidecar/vendor/ from go.mod (needs the network)
 #   make deb        dist/wg-wrap_VERSION-1_ARCH.deb (packaging/debian), built offline
+#   make rpm        dist/wg-wrap-VERSION-1.ARCH.rpm (packaging/rpm/wg-wrap.spec)
 # Quiet unless V=1. The build never touches the network: Go modules come from
 # go-sidecar/vendor/, and GOTOOLCHAIN=local forbids toolchain downloads.
 
@@ -65,7 +66,7 @@ SIDECAR_SOURCES = $(shell find go-sidecar -name '*.go' -not -name '*_test.go' -n
 	go-sidecar/go.mod go-sidecar/go.sum go-sidecar/vendor/modules.txt
 
 .PHONY: all binaries test test-go test-py stage demo install install-binaries install-data \
-	clean lint vendor dist deb
+	clean lint vendor dist deb rpm
 
 all: binaries
 
@@ -166,6 +167,18 @@ deb: dist
 		$(call PKG_LOG,dpkg-buildpackage -us -uc -b -d,$(abspath $(DEB_BUILDDIR))/build.log)
 	$(Q)mv $(DEB_BUILDDIR)/*.deb $(DEB_BUILDDIR)/*.changes $(DEB_BUILDDIR)/*.buildinfo $(DISTDIR)/
 	$(Q)rm -rf $(DEB_SRCDIR)
+
+RPM_BUILDDIR = $(DISTDIR)/rpm-build
+RPMBUILD_FLAGS ?=
+rpm: dist
+	$(Q)rm -rf $(RPM_BUILDDIR) && mkdir -p $(RPM_BUILDDIR)/SOURCES
+	$(Q)cp $(DISTDIR)/wg-wrap-$(VERSION).tar.gz $(RPM_BUILDDIR)/SOURCES/
+	@echo "  RPM     $(DISTDIR)/$$(rpmspec -q --qf '%{name}-%{version}-%{release}.%{arch}.rpm\n' \
+		packaging/rpm/wg-wrap.spec 2>/dev/null | head -n 1)"
+	$(Q)$(call PKG_LOG,rpmbuild -bb --define '_topdir $(abspath $(RPM_BUILDDIR))' \
+		$(RPMBUILD_FLAGS) packaging/rpm/wg-wrap.spec,$(abspath $(RPM_BUILDDIR))/build.log)
+	$(Q)mv $(RPM_BUILDDIR)/RPMS/*/*.rpm $(DISTDIR)/
+	$(Q)rm -rf $(RPM_BUILDDIR)/BUILD $(RPM_BUILDDIR)/BUILDROOT
 
 clean:
 	$(Q)rm -rf build dist *.egg-info

@@ -71,7 +71,8 @@ def need(*tools: str) -> None:
     if missing:
         pytest.fail(
             f"package tests need {', '.join(missing)}: run `make test` as root on Debian with "
-            "debhelper dh-python dh-apparmor lintian rpm fakeroot installed (.ci/run does)",
+            "debhelper, dh-python, dh-apparmor, lintian, rpm, cpio and Go >= 1.23 installed "
+            "(.ci/run does)",
             pytrace=False,
         )
 
@@ -396,3 +397,60 @@ def test_deb_installs_the_apparmor_profile_only_where_apparmor_4_is(
             assert local.exists()  # site changes are kept until purge
         assert not local.exists()
         assert_nothing_left(before, shipped)
+
+
+# ---- the .rpm ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rpm_build(workdir: Path) -> Path:
+    """`make rpm` with Debian's rpmbuild (--nodeps: Fedora's build dependencies
+    are no Debian packages), offline like the .deb."""
+    need("rpmbuild", "unshare", "go")
+    distdir = workdir / "rpm"
+    distdir.mkdir()
+    interfaces = make_offline("rpm", distdir, "RPMBUILD_FLAGS=--nodeps")
+    assert interfaces == ["lo"], "the build had a network"
+    rpms = sorted(distdir.glob(f"{PACKAGE}-{VERSION}-1*.rpm"))
+    assert len(rpms) == 1, sorted(p.name for p in distdir.iterdir())
+    return rpms[0]
+
+
+def rpm_query(rpm: Path, *args: str) -> list[str]:
+    return run(["rpm", "--query", "--package", *args, rpm]).stdout.splitlines()
+
+
+def rpm_files(rpm: Path) -> set[str]:
+    """The paths of the files (not directories) in an .rpm."""
+    entries = rpm_query(rpm, "--queryformat", "[%{FILEMODES:perms} %{FILENAMES}\n]")
+    return {line.split(" ", 1)[1] for line in entries if not line.startswith("d")}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(2 * BUILD_TIMEOUT + 300)
+def test_rpm_ships_the_same_files_as_the_deb(rpm_build: Path, deb_build: DebBuild) -> None:
+    assert product_files(rpm_files(rpm_build)) == product_files(deb_files(deb_build.deb))
+    requires = {r.split()[0] for r in rpm_query(rpm_build, "--requires")}
+    assert {"python3", "python3-pyroute2", "python3-psutil", "python3-tomli-w"} <= requires
+    assert rpm_query(rpm_build, "--queryformat", "%{VERSION}\n") == [VERSION]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_rpm_payload_is_a_working_wg_wrap(rpm_build: Path, workdir: Path) -> None:
+    """Unpacked (rpm2cpio | cpio), its helpers run and its command finds them."""
+    need("rpm2cpio", "cpio")
+    root = workdir / "rpm-payload"
+    root.mkdir()
+    run(["sh", "-c", 'rpm2cpio "$1" | cpio --extract --make-directories --quiet', "unpack",
+         rpm_build], cwd=root)
+    libexec = root / "usr/libexec/wg-wrap"
+    launcher = run([libexec / paths.LAUNCHER, "--version"]).stdout
+    assert launcher == f"{paths.LAUNCHER} {VERSION}\n"
+    sidecar = run([libexec / paths.SIDECAR, "--version"]).stdout
+    assert sidecar.startswith(f"{paths.SIDECAR} {VERSION} (wireguard-go v"), sidecar
+    packages = [p.parent for p in root.rglob("wg_wrap/__init__.py")]
+    assert len(packages) == 1, packages
+    env = clean_env(PYTHONPATH=str(packages[0].parent))
+    version = run([root / "usr/bin/wg-wrap", "--version"], env=env)
+    assert_version_report(version.stdout, libexec)

@@ -7,6 +7,7 @@
 #   make vendor     refresh go-sidecar/vendor/ from go.mod (needs the network)
 #   make deb        dist/wg-wrap_VERSION-1_ARCH.deb (packaging/debian), built offline
 #   make rpm        dist/wg-wrap-VERSION-1.ARCH.rpm (packaging/rpm/wg-wrap.spec)
+#   make pkgbuild   dist/PKGBUILD beside the tarball, with its sha256sum
 # Quiet unless V=1. The build never touches the network: Go modules come from
 # go-sidecar/vendor/, and GOTOOLCHAIN=local forbids toolchain downloads.
 
@@ -66,7 +67,7 @@ SIDECAR_SOURCES = $(shell find go-sidecar -name '*.go' -not -name '*_test.go' -n
 	go-sidecar/go.mod go-sidecar/go.sum go-sidecar/vendor/modules.txt
 
 .PHONY: all binaries test test-go test-py stage demo install install-binaries install-data \
-	clean lint vendor dist deb rpm
+	clean lint vendor dist deb rpm pkgbuild
 
 all: binaries
 
@@ -179,6 +180,16 @@ rpm: dist
 		$(RPMBUILD_FLAGS) packaging/rpm/wg-wrap.spec,$(abspath $(RPM_BUILDDIR))/build.log)
 	$(Q)mv $(RPM_BUILDDIR)/RPMS/*/*.rpm $(DISTDIR)/
 	$(Q)rm -rf $(RPM_BUILDDIR)/BUILD $(RPM_BUILDDIR)/BUILDROOT
+
+# The PKGBUILD in the tree says sha256sums=('SKIP'): it travels inside the
+# tarball it describes, so it cannot hold that tarball's hash. Beside the
+# tarball, for makepkg or the AUR, it gets the real one.
+pkgbuild: dist
+	@echo "  PKGBUILD $(DISTDIR)/PKGBUILD"
+	$(Q)sum=$$(sha256sum $(DISTDIR)/wg-wrap-$(VERSION).tar.gz | cut -d' ' -f1) && \
+	sed "s/^sha256sums=('SKIP').*/sha256sums=('$$sum')/" packaging/arch/PKGBUILD > $(DISTDIR)/PKGBUILD
+	$(Q)grep -q "^pkgver=$(VERSION)$$" $(DISTDIR)/PKGBUILD || \
+		{ echo "make: packaging/arch/PKGBUILD's pkgver is not $(VERSION)" >&2; exit 1; }
 
 clean:
 	$(Q)rm -rf build dist *.egg-info

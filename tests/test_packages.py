@@ -15,6 +15,7 @@ installed only for as long as a test needs it, and always purged.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -195,6 +196,17 @@ def product_files(files: set[str], libexec: str = "/usr/libexec/wg-wrap") -> set
             name = name.removesuffix(".gz")
         product.add(name)
     return product
+
+
+# ---- one version everywhere -----------------------------------------------------------
+
+
+def test_every_package_is_of_this_version() -> None:
+    changelog = (REPO / "packaging/debian/changelog").read_text().splitlines()[0]
+    assert changelog.startswith(f"wg-wrap ({VERSION}-1) "), changelog
+    spec = (REPO / "packaging/rpm/wg-wrap.spec").read_text()
+    assert re.search(rf"^Version:\s+{re.escape(VERSION)}$", spec, re.M)
+    assert f"\npkgver={VERSION}\n" in (REPO / "packaging/arch/PKGBUILD").read_text()
 
 
 # ---- the .deb ------------------------------------------------------------------------
@@ -454,3 +466,102 @@ def test_rpm_payload_is_a_working_wg_wrap(rpm_build: Path, workdir: Path) -> Non
     env = clean_env(PYTHONPATH=str(packages[0].parent))
     version = run([root / "usr/bin/wg-wrap", "--version"], env=env)
     assert_version_report(version.stdout, libexec)
+
+
+# ---- the PKGBUILD --------------------------------------------------------------------
+
+PKGBUILD = REPO / "packaging" / "arch" / "PKGBUILD"
+# makepkg.conf's flags on Arch (x86_64), plus -frecord-gcc-switches so that
+# the launcher tells which flags it was built with.
+ARCH_FLAGS = {
+    "CPPFLAGS": "",
+    "CFLAGS": "-march=x86-64 -mtune=generic -O2 -pipe -fno-plt -fexceptions "
+    "-Wp,-D_FORTIFY_SOURCE=3 -Wformat -Werror=format-security -fstack-clash-protection "
+    "-frecord-gcc-switches",
+    "LDFLAGS": "-Wl,-O1 -Wl,--sort-common -Wl,--as-needed -Wl,-z,relro -Wl,-z,now "
+    "-Wl,-z,pack-relative-relocs",
+}
+# What makepkg does, minus the download and the tarball: source the PKGBUILD,
+# then run its functions from $srcdir with errexit.
+MAKEPKG = 'set -e; source "$1"; for f in build check package; do cd "$srcdir"; "$f"; done'
+
+
+def test_pkgbuild_is_valid_bash() -> None:
+    run(["bash", "-n", PKGBUILD])
+
+
+@pytest.fixture(scope="module")
+def arch_package(workdir: Path) -> Path:
+    """The PKGBUILD's build(), check() and package() on the extracted dist
+    tarball, offline; returns $pkgdir."""
+    need("bash", "unshare", "go")
+    root = workdir / "arch"
+    srcdir, pkgdir = root / "src", root / "pkg"
+    srcdir.mkdir(parents=True)
+    pkgdir.mkdir()
+    run(["make", "-C", REPO, "dist", f"DISTDIR={root}"])
+    run(["tar", "-xzf", root / f"wg-wrap-{VERSION}.tar.gz", "-C", srcdir])
+    env = offline_build_env(root / "env")
+    env.update(ARCH_FLAGS, srcdir=str(srcdir), pkgdir=str(pkgdir), CARCH="x86_64")
+    run(["unshare", "--net", "--", "bash", "-c", MAKEPKG, "makepkg",
+         srcdir / f"wg-wrap-{VERSION}" / "packaging" / "arch" / "PKGBUILD"],
+        cwd=srcdir, env=env, timeout=BUILD_TIMEOUT)
+    return pkgdir
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(2 * BUILD_TIMEOUT + 300)
+def test_pkgbuild_packages_the_debs_files_the_arch_way(
+    arch_package: Path, deb_build: DebBuild
+) -> None:
+    files = {"/" + str(p.relative_to(arch_package)) for p in arch_package.rglob("*")
+             if not p.is_dir()}
+    libexec = "/usr/lib/wg-wrap"  # Arch has no /usr/libexec
+    assert product_files(files, libexec) == product_files(deb_files(deb_build.deb))
+    profile = (arch_package / "usr/share/wg-wrap/apparmor/wg-wrap-launcher").read_text()
+    assert f" {libexec}/wg-wrap-launcher " in profile
+    # nothing names the staging directory (pip's byte code would)
+    leaks = subprocess.run(["grep", "-rlF", str(arch_package), str(arch_package)],
+                           capture_output=True, text=True, timeout=120)
+    assert leaks.returncode == 1 and leaks.stdout == "", leaks.stdout
+    assert list(arch_package.rglob("wg_wrap/__pycache__/*.pyc"))
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_pkgbuild_stages_a_working_wg_wrap_built_with_arch_flags(arch_package: Path) -> None:
+    libexec = arch_package / "usr/lib/wg-wrap"
+    launcher, sidecar = libexec / paths.LAUNCHER, libexec / paths.SIDECAR
+    assert run([launcher, "--version"]).stdout == f"{paths.LAUNCHER} {VERSION}\n"
+    assert run([sidecar, "--version"]).stdout.startswith(f"{paths.SIDECAR} {VERSION} ")
+    packages = [p.parent for p in arch_package.rglob("wg_wrap/__init__.py")]
+    assert len(packages) == 1, packages
+    env = clean_env(PYTHONPATH=str(packages[0].parent))
+    assert_version_report(
+        run([arch_package / "usr/bin/wg-wrap", "--version"], env=env).stdout, libexec)
+    # makepkg's CFLAGS reached the C launcher…
+    switches = run(["readelf", "--string-dump=.GCC.command.line", launcher]).stdout
+    assert "-fstack-clash-protection" in switches and "-fno-plt" in switches, switches
+    # …and Arch's Go flags the sidecar
+    build_info = run(["go", "version", "-m", sidecar]).stdout
+    assert re.search(r"^\s*build\s+-buildmode=pie$", build_info, re.M), build_info
+    assert re.search(r"^\s*build\s+-trimpath=true$", build_info, re.M), build_info
+    # a GNU build ID for the debug symbols, derived from the package
+    build_id = hashlib.sha1(f"wg-wrap-{VERSION}-1-x86_64".encode()).hexdigest()
+    notes = run(["readelf", "--notes", sidecar]).stdout
+    assert f"Build ID: {build_id}" in notes, notes
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_make_pkgbuild_puts_the_tarballs_sha256_beside_it(workdir: Path) -> None:
+    distdir = workdir / "pkgbuild"
+    run(["make", "-C", REPO, "pkgbuild", f"DISTDIR={distdir}"])
+    tarball = distdir / f"wg-wrap-{VERSION}.tar.gz"
+    digest = run(["sha256sum", tarball]).stdout.split()[0]
+    written = (distdir / "PKGBUILD").read_text().splitlines()
+    source = PKGBUILD.read_text().splitlines()
+    assert "sha256sums=('SKIP')" in source
+    assert written == [f"sha256sums=('{digest}')" if line == "sha256sums=('SKIP')" else line
+                       for line in source]
+    assert f"pkgver={VERSION}" in written

@@ -173,6 +173,8 @@ def make_install_files(workdir: Path) -> set[str]:
 
 
 SITE = re.compile(r"^/usr/lib/python3[^/]*/(site|dist)-packages/")
+# zsh's completions: Debian's zsh reads vendor-completions, the others site-functions
+ZSH = re.compile(r"^/usr/share/zsh/(vendor-completions|site-functions)/")
 # What packaging adds or rearranges and is no product file: byte code (made at
 # install time by Debian, at build time by Fedora and Arch), pip's and rpm's
 # bookkeeping, the distributions' documentation, license and lintian directories, rpm's
@@ -185,12 +187,14 @@ BOOKKEEPING = re.compile(
 
 def product_files(files: set[str], libexec: str = "/usr/libexec/wg-wrap") -> set[str]:
     """Files as a distribution-neutral set: one name for the Python site
-    directory and the helpers' directory, man pages without compression."""
+    directory, zsh's completion directory and the helpers' directory, man
+    pages without compression."""
     product = set()
     for name in files:
         if BOOKKEEPING.search(name):
             continue
         name = SITE.sub("<site>/", name)
+        name = ZSH.sub("<zsh>/", name)
         name = name.replace(libexec + "/", "<libexec>/")
         if name.startswith("/usr/share/man/"):
             name = name.removesuffix(".gz")

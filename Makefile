@@ -6,6 +6,9 @@
 #   make dist       wg-wrap-VERSION.tar.gz: the source a packager needs, vendored Go modules included
 #   make vendor     refresh go-sidecar/vendor/ from go.mod (needs the network)
 #   make docs       regenerate the man page and the shell completions from the parser
+#   make deb        dist/wg-wrap_VERSION-1_ARCH.deb (packaging/debian), built offline
+#   make rpm        dist/wg-wrap-VERSION-1.ARCH.rpm (packaging/rpm/wg-wrap.spec)
+#   make pkgbuild   dist/PKGBUILD beside the tarball, with its sha256sum
 # Quiet unless V=1. The build never touches the network: Go modules come from
 # go-sidecar/vendor/, and GOTOOLCHAIN=local forbids toolchain downloads.
 
@@ -47,10 +50,13 @@ LAUNCHER_CFLAGS = -std=gnu11 -fPIE -fstack-protector-strong -ffile-prefix-map=$(
 LAUNCHER_LDFLAGS = -pie -Wl,-z,relro -Wl,-z,now
 
 # The Go sidecar: vendored modules, no paths, build ids or VCS stamps baked
-# in; PIE with BIND_NOW. GO_BUILDFLAGS adds the packager's own flags.
+# in; PIE with BIND_NOW. GO_BUILDFLAGS adds the packager's own flags to `go
+# build`, GO_LDFLAGS to the linker's (a second -ldflags would replace ours),
+# e.g. a GNU build ID (-B 0x…) for the distribution's debug symbols.
 GO_BUILDFLAGS ?=
+GO_LDFLAGS ?=
 SIDECAR_GOFLAGS = -mod=vendor -trimpath -buildvcs=false -buildmode=pie \
-	-ldflags='-buildid= -bindnow -X main.version=$(VERSION)' $(GO_BUILDFLAGS)
+	-ldflags='-buildid= -bindnow -X main.version=$(VERSION) $(GO_LDFLAGS)' $(GO_BUILDFLAGS)
 GO_ENV = CGO_ENABLED=0 GOTOOLCHAIN=local GOPROXY=off GOFLAGS= GOCACHE=$(GO_CACHE)
 # Go needs a build cache: its own default where that exists or $HOME can
 # hold it, else (package builders: no $HOME, or a read-only one) build/.
@@ -63,7 +69,7 @@ SIDECAR_SOURCES = $(shell find go-sidecar -name '*.go' -not -name '*_test.go' -n
 	go-sidecar/go.mod go-sidecar/go.sum go-sidecar/vendor/modules.txt
 
 .PHONY: all binaries test test-go test-py stage demo install install-binaries install-data \
-	clean lint vendor dist docs
+	clean lint vendor dist docs deb rpm pkgbuild
 
 all: binaries
 
@@ -145,6 +151,60 @@ dist:
 		--mtime=@$$SOURCE_DATE_EPOCH --transform='s,^,wg-wrap-$(VERSION)/,' -cf - \
 		| gzip -n -9 > $(DISTDIR)/wg-wrap-$(VERSION).tar.gz.tmp
 	$(Q)mv $(DISTDIR)/wg-wrap-$(VERSION).tar.gz.tmp $(DISTDIR)/wg-wrap-$(VERSION).tar.gz
+
+# Package builds: from the dist tarball, like a distribution's builder, in a
+# directory of their own below $(DISTDIR); their logs are kept there (shown
+# with V=1, and their tail on failure).
+PKG_LOG = if [ "$(V)" = 1 ]; then $(1); else $(1) >$(2) 2>&1 || \
+	{ tail -n 40 $(2) >&2; echo "make: $@ failed, log: $(2)" >&2; exit 1; }; fi
+
+DEB_BUILDDIR = $(DISTDIR)/deb-build
+DEB_SRCDIR = $(DEB_BUILDDIR)/wg-wrap-$(VERSION)
+DEB_VERSION = $(shell dpkg-parsechangelog -l packaging/debian/changelog -S Version 2>/dev/null)
+DEB_ARCH = $(shell dpkg-architecture -qDEB_HOST_ARCH 2>/dev/null)
+DEB = wg-wrap_$(DEB_VERSION)_$(DEB_ARCH).deb
+# dpkg-buildpackage -d: Go (>= 1.23, go.mod says so) is not a Debian package
+# here (Debian 12's golang-go is 1.19; /usr/local/go, or a backport), so the
+# Build-Depends check would refuse the build. The other build dependencies
+# are checked here instead, and Go by the build itself (GOTOOLCHAIN=local
+# refuses a Go older than go.mod's, naming both versions).
+deb: dist
+	$(Q)[ "$(DEB_VERSION:%-$(lastword $(subst -, ,$(DEB_VERSION)))=%)" = $(VERSION) ] || \
+		{ echo "make: packaging/debian/changelog is at '$(DEB_VERSION)', wg-wrap at $(VERSION)" >&2; exit 1; }
+	$(Q)rm -rf $(DEB_BUILDDIR) && mkdir -p $(DEB_BUILDDIR)
+	$(Q)tar -xzf $(DISTDIR)/wg-wrap-$(VERSION).tar.gz -C $(DEB_BUILDDIR)
+	$(Q)ln -s ../wg-wrap-$(VERSION).tar.gz $(DEB_BUILDDIR)/wg-wrap_$(VERSION).orig.tar.gz
+	$(Q)cp -R $(DEB_SRCDIR)/packaging/debian $(DEB_SRCDIR)/debian
+	$(Q)cd $(DEB_SRCDIR) && unmet=$$(dpkg-checkbuilddeps 2>&1 | \
+		sed -n 's/^.*Unmet build dependencies: //p' | sed 's/golang-go ([^)]*)//; s/^ *//; s/ *$$//') && \
+		[ -z "$$unmet" ] || { echo "make: missing build dependencies: $$unmet" >&2; exit 1; }
+	@echo "  DEB     $(DISTDIR)/$(DEB)"
+	$(Q)cd $(DEB_SRCDIR) && \
+		$(call PKG_LOG,dpkg-buildpackage -us -uc -b -d,$(abspath $(DEB_BUILDDIR))/build.log)
+	$(Q)mv $(DEB_BUILDDIR)/*.deb $(DEB_BUILDDIR)/*.changes $(DEB_BUILDDIR)/*.buildinfo $(DISTDIR)/
+	$(Q)rm -rf $(DEB_SRCDIR)
+
+RPM_BUILDDIR = $(DISTDIR)/rpm-build
+RPMBUILD_FLAGS ?=
+rpm: dist
+	$(Q)rm -rf $(RPM_BUILDDIR) && mkdir -p $(RPM_BUILDDIR)/SOURCES
+	$(Q)cp $(DISTDIR)/wg-wrap-$(VERSION).tar.gz $(RPM_BUILDDIR)/SOURCES/
+	@echo "  RPM     $(DISTDIR)/$$(rpmspec -q --qf '%{name}-%{version}-%{release}.%{arch}.rpm\n' \
+		packaging/rpm/wg-wrap.spec 2>/dev/null | head -n 1)"
+	$(Q)$(call PKG_LOG,rpmbuild -bb --define '_topdir $(abspath $(RPM_BUILDDIR))' \
+		$(RPMBUILD_FLAGS) packaging/rpm/wg-wrap.spec,$(abspath $(RPM_BUILDDIR))/build.log)
+	$(Q)mv $(RPM_BUILDDIR)/RPMS/*/*.rpm $(DISTDIR)/
+	$(Q)rm -rf $(RPM_BUILDDIR)/BUILD $(RPM_BUILDDIR)/BUILDROOT
+
+# The PKGBUILD in the tree says sha256sums=('SKIP'): it travels inside the
+# tarball it describes, so it cannot hold that tarball's hash. Beside the
+# tarball, for makepkg or the AUR, it gets the real one.
+pkgbuild: dist
+	@echo "  PKGBUILD $(DISTDIR)/PKGBUILD"
+	$(Q)sum=$$(sha256sum $(DISTDIR)/wg-wrap-$(VERSION).tar.gz | cut -d' ' -f1) && \
+	sed "s/^sha256sums=('SKIP').*/sha256sums=('$$sum')/" packaging/arch/PKGBUILD > $(DISTDIR)/PKGBUILD
+	$(Q)grep -q "^pkgver=$(VERSION)$$" $(DISTDIR)/PKGBUILD || \
+		{ echo "make: packaging/arch/PKGBUILD's pkgver is not $(VERSION)" >&2; exit 1; }
 
 clean:
 	$(Q)rm -rf build dist *.egg-info

@@ -318,6 +318,8 @@ def test_joining_never_imports_pyroute2(tool: Tool) -> None:
     env = user_env(tool.runtime, {"PYTHONPROFILEIMPORTTIME": "1"})
     for args, absent in (
         (("exec", "wg0", "--", "true"), ("pyroute2", "wg_wrap.config", "argparse", "tomllib")),
+        (("exec", "wg0", "-v", "--", "true"),
+         ("pyroute2", "wg_wrap.config", "argparse", "tomllib")),
         (("run", "-c", str(conf), "--", "true"), ("pyroute2",)),
     ):
         result = run_as_user(tool.user, tool.stage.wg_wrap(*args), env=env)

@@ -8,6 +8,7 @@
 //
 //	wg-wrap-sidecar --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]] [-v]
 //	wg-wrap-sidecar --version
+//	wg-wrap-sidecar genkey | pubkey     (like wg's; keys.go)
 package main
 
 import (
@@ -62,6 +63,9 @@ func main() {
 	if len(os.Args) == 2 && os.Args[1] == "--version" {
 		fmt.Println(versionLine())
 		return
+	}
+	if code, ok := keyCommand(os.Args[1:], os.Stdin, os.Stdout, os.Stderr); ok {
+		os.Exit(code)
 	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }

@@ -148,6 +148,23 @@ def test_without_dns_the_hosts_resolv_conf_is_seen_inside(
     assert result.stdout == ETC_RESOLV.read_text()
 
 
+def test_a_runtime_directory_with_a_colon_works(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path,
+    real_host_untouched: None,
+) -> None:
+    """XDG_RUNTIME_DIR is a path: a ':' in it must not split a mount's SRC
+    from its DST (the generated resolv.conf lives under it)."""
+    runtime_dir = user_runtime_dir / "run:time"
+    runtime_dir.mkdir(mode=0o700)
+    os.chown(runtime_dir, test_user.uid, test_user.gid)
+    server = f"10.{next(_nets)}.0.1"
+    conf = write_conf(user_tmp, test_user, server)
+    result = cat_resolv_conf(stage, test_user, runtime_dir, conf)
+    assert result.returncode == 0, result.stderr
+    assert nameservers(result.stdout) == [server], result.stdout
+    assert_nothing_left(test_user, runtime_dir)
+
+
 # --- fake hosts in a private mount namespace ----------------------------------------------
 
 STUB_TEXT = "# fake resolved stub\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"

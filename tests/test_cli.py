@@ -211,10 +211,10 @@ def test_config_from_a_pipe_needs_a_name_and_works(
     stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
 ) -> None:
     """`-c <(pass show vpn/wg0)`: the private key never touches the disk."""
-    from peers import Keys, Net, client_config, free_udp_port
+    from peers import Keys, Net, client_config, silent_udp_port
 
     conf = _copy_for_user(BAD[0], user_tmp, test_user)  # any readable path
-    conf.write_text(client_config(Keys(), Net("10.99.0", "fd00:99::"), free_udp_port()))
+    conf.write_text(client_config(Keys(), Net("10.99.0", "fd00:99::"), silent_udp_port()))
     wg_wrap = " ".join(stage.wg_wrap())
     unnamed = run_as_user(test_user, ["bash", "-c", f"{wg_wrap} run -c <(cat {conf}) -- true"],
                           env=user_env(user_runtime_dir))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Stage, User, as_user_argv, run_as_user, sidecars_of, user_env
-from peers import Keys, Net, client_config, free_udp_port
+from peers import Keys, Net, client_config, silent_udp_port
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ def write_conf(
 ) -> Path:
     extra = f"DNS = {dns}\n" if dns else ""
     path = user_tmp / "dns.conf"
-    path.write_text(client_config(Keys(), _net(), free_udp_port(), dns=False, extra=extra,
+    path.write_text(client_config(Keys(), _net(), silent_udp_port(), dns=False, extra=extra,
                                   allowed=allowed))
     os.chown(path, user.uid, user.gid)
     path.chmod(0o600)

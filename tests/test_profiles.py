@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Stage, User, as_user_argv, run_as_user, sidecars_of, user_env
-from peers import HTTP_PORT, Keys, WgWrapServer, client_config, free_udp_port, next_net
+from peers import HTTP_PORT, Keys, WgWrapServer, client_config, next_net, silent_udp_port
 
 pytestmark = pytest.mark.e2e
 
@@ -128,7 +128,7 @@ def test_up_exec_ls_status_down(server: WgWrapServer, tool: Tool) -> None:
 
 
 def test_up_times_out_cleanly_without_a_peer(tool: Tool) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     start = time.monotonic()
     up = tool("up", "--timeout", "2", "-c", str(conf))
     assert up.returncode == 1
@@ -139,7 +139,7 @@ def test_up_times_out_cleanly_without_a_peer(tool: Tool) -> None:
 
 
 def test_persistent_profile_stays_with_nothing_attached(tool: Tool) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     assert tool("exec", "wg0", "--", "true").returncode == 0
     time.sleep(2.5)  # longer than an ephemeral profile would last
@@ -150,14 +150,14 @@ def test_persistent_profile_stays_with_nothing_attached(tool: Tool) -> None:
 
 def test_run_joins_a_running_profile_and_refuses_another_config(tool: Tool) -> None:
     net = next_net()
-    conf = tool.conf(client_config(Keys(), net, free_udp_port()))
+    conf = tool.conf(client_config(Keys(), net, silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     inside = tool("exec", "wg0", "--", "readlink", "/proc/self/ns/net").stdout
     joined = tool("run", "-c", str(conf), "--", "readlink", "/proc/self/ns/net")
     assert joined.returncode == 0, joined.stderr
     assert joined.stdout == inside and inside.startswith("net:[")
     assert len(tool.sidecars()) == 1
-    other = tool.conf(client_config(Keys(), net, free_udp_port()), name="other.conf")
+    other = tool.conf(client_config(Keys(), net, silent_udp_port()), name="other.conf")
     clash = tool("run", "-n", "wg0", "-c", str(other), "--", "true")
     assert clash.returncode == 1
     assert "profile 'wg0' is running with a different config" in clash.stderr
@@ -165,7 +165,7 @@ def test_run_joins_a_running_profile_and_refuses_another_config(tool: Tool) -> N
 
 
 def test_down_refuses_while_attached_unless_forced(tool: Tool) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     sleeper = tool.popen("exec", "wg0", "--", "sleep", "30")
     try:
@@ -187,7 +187,7 @@ def test_down_refuses_while_attached_unless_forced(tool: Tool) -> None:
 def test_ephemeral_profile_ends_2s_after_last_process_even_if_wrappers_are_killed(
     tool: Tool,
 ) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     # The command outlives its wrapper: it ends 3 s from now, on its own.
     wrapper = tool.popen("run", "-c", str(conf), "--", "sh", "-c", "echo started; exec sleep 3")
     assert wrapper.stdout is not None and wrapper.stdout.readline() == "started\n"
@@ -273,7 +273,7 @@ def test_killed_sidecar_cuts_the_network_and_is_replaced(server: WgWrapServer, t
 
 
 def test_stale_state_never_blocks_a_start(tool: Tool) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     stale = tool.state / "wg0"
     for path in (tool.state, stale):
         path.mkdir(mode=0o700, exist_ok=True)
@@ -295,7 +295,7 @@ def test_a_start_killed_half_way_is_stopped_and_replaced(tool: Tool) -> None:
     """The state of a start whose wrapper died before configuring the sidecar
     says ready = false: nothing joins it, and the next start stops that
     sidecar instead of leaving it running forever."""
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     (first,) = tool.sidecars()
     state = tool.state / "wg0" / "state.toml"
@@ -313,7 +313,7 @@ def test_a_start_killed_half_way_is_stopped_and_replaced(tool: Tool) -> None:
 def test_joining_never_imports_pyroute2(tool: Tool) -> None:
     """`exec`, and `run` on a profile that is up, only join: no pyroute2 (it
     costs ~110 ms to import), and `exec` not even the config parser."""
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     env = user_env(tool.runtime, {"PYTHONPROFILEIMPORTTIME": "1"})
     for args, absent in (

@@ -9,6 +9,7 @@
 //	wg-wrap-sidecar --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]]
 //	                [--reresolve PLAN --reresolve-status FILE] [-v]
 //	wg-wrap-sidecar --version
+//	wg-wrap-sidecar genkey | pubkey     (like wg's; keys.go)
 package main
 
 import (
@@ -67,6 +68,9 @@ func main() {
 	if len(os.Args) == 2 && os.Args[1] == "--version" {
 		fmt.Println(versionLine())
 		return
+	}
+	if code, ok := keyCommand(os.Args[1:], os.Stdin, os.Stdout, os.Stderr); ok {
+		os.Exit(code)
 	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }

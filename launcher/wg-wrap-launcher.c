@@ -8,12 +8,15 @@
  *
  *   create: new user + mount + net namespaces, the caller's uid/gid mapped to
  *           themselves, a few mounts, CAP_NET_ADMIN as an ambient capability.
- *   join:   enter the namespaces of a running process, restore the working
- *           directory, drop every capability.
+ *   join:   enter the namespaces of a running process (through a pidfd),
+ *           restore the working directory, drop every capability.
+ *
+ * Both set no_new_privs before exec: nothing they start can gain privileges
+ * by executing a setuid or file-capability program.
  *
  * Exit status: 125 for the launcher's own failures (usage included), 126 when
  * the program cannot be executed, 127 when it does not exist, like a shell.
- * Only libc: pidfd_open and capget/capset go through syscall(2).
+ * Only libc: capget/capset go through syscall(2).
  */
 
 #define _GNU_SOURCE
@@ -37,10 +40,6 @@
 #define WG_WRAP_VERSION "0.1.0"
 #endif
 
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434 /* the same number on every architecture */
-#endif
-
 #define PROG_NAME "wg-wrap-launcher"
 
 enum {
@@ -53,8 +52,8 @@ enum {
 #define TMPFS_OPTIONS "mode=0755,size=1m,nr_inodes=1024"
 
 static const char usage_text[] =
-  "Usage: " PROG_NAME " create [OP]... -- PROGRAM [ARG]...\n"
-  "       " PROG_NAME " join (--pidfd N | --pid N) [--cwd DIR] -- PROGRAM [ARG]...\n"
+  "Usage: " PROG_NAME " [--expect-version V] create [OP]... -- PROGRAM [ARG]...\n"
+  "       " PROG_NAME " [--expect-version V] join --pidfd N [--cwd DIR] -- PROGRAM [ARG]...\n"
   "       " PROG_NAME " --version | --help\n"
   "\n"
   "--expect-version V, before the command, refuses to run unless V is the\n"
@@ -64,17 +63,19 @@ static const char usage_text[] =
   "create: unshare user, mount and network namespaces, map the caller's uid and\n"
   "gid to themselves, run the OPs in the order given, then execute PROGRAM with\n"
   "CAP_NET_ADMIN (only) as an ambient capability.\n"
-  "  --bind SRC:DST   bind-mount SRC over the existing DST (a symlink DST is\n"
+  "  --bind SRC DST   bind-mount SRC over the existing DST (a symlink DST is\n"
   "                   resolved: the mount goes over its final target)\n"
   "  --tmpfs DIR      mount an empty tmpfs (0755, nosuid, nodev, 1 MiB) over DIR\n"
-  "  --file SRC:DST   create the regular file DST (it must not exist), then\n"
+  "  --file SRC DST   create the regular file DST (it must not exist), then\n"
   "                   bind-mount SRC over it\n"
   "\n"
-  "join: enter the user, mount and network namespaces of a process (its pidfd\n"
-  "N, inherited, or its pid N), change to the caller's working directory (or\n"
-  "DIR), drop every capability and execute PROGRAM.\n"
+  "join: enter the user, mount and network namespaces of the process whose\n"
+  "pidfd N is inherited, change to the caller's working directory (or DIR),\n"
+  "drop every capability and execute PROGRAM.\n"
   "\n"
-  "SRC:DST is split at the first ':'. File descriptors are passed on unchanged.\n"
+  "Both set no_new_privs for PROGRAM: setuid bits and file capabilities give\n"
+  "it nothing. Each value is one argument, never '--'; an option given twice\n"
+  "(other than an OP) is an error. File descriptors are passed on unchanged.\n"
   "\n"
   "Exit status: PROGRAM's status; 125 if the launcher fails or is used wrongly\n"
   "(one line on stderr names the failed step); 126 if PROGRAM cannot be\n"
@@ -89,8 +90,7 @@ struct op {
 };
 
 struct join_args {
-  int pidfd; /* -1 unless --pidfd */
-  pid_t pid; /* 0 unless --pid */
+  int pidfd; /* -1 until --pidfd */
   const char *cwd; /* NULL: the launcher's own working directory */
 };
 
@@ -271,8 +271,7 @@ keep_only_net_admin(void)
 }
 
 /* No capability at all, whatever the uid: ambient cleared, bounding set
- * empty (so execve grants nothing, even to uid 0), every other set empty.
- * no_new_privs is left alone: it is not ours to set for the program. */
+ * empty (so execve grants nothing, even to uid 0), every other set empty. */
 static void
 drop_all_capabilities(void)
 {
@@ -284,6 +283,20 @@ drop_all_capabilities(void)
   memset(data, 0, sizeof data);
   if (capset_all(data) < 0)
     die_with_error("clearing capabilities");
+}
+
+/* no_new_privs, as bubblewrap always sets it: execve of a setuid, setgid or
+ * file-capability program then grants nothing, and no LSM may move PROGRAM
+ * to a more privileged domain.  Inside our namespaces only the caller's own
+ * uid and gid are mapped and the bounding set is cut, so this is a second
+ * wall, not the only one.  It keeps create's ambient CAP_NET_ADMIN: the
+ * kernel strips on execve only what would exceed the permitted set held
+ * before it, and an ambient capability is already permitted. */
+static void
+set_no_new_privs(void)
+{
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+    die_with_error("setting no_new_privs");
 }
 
 /* ---- exec ------------------------------------------------------------ */
@@ -352,19 +365,6 @@ write_id_maps(uid_t uid, gid_t gid)
     die_with_error("setting up gid map");
 }
 
-/* Split "SRC:DST" at the first ':' in place (argv strings are ours). */
-static void
-split_src_dst(const char *option, char *arg, struct op *op)
-{
-  char *colon = strchr(arg, ':');
-
-  if (colon == NULL || colon == arg || colon[1] == '\0')
-    die_usage("%s needs SRC:DST, got '%s'", option, arg);
-  *colon = '\0';
-  op->src = arg;
-  op->dst = colon + 1;
-}
-
 static void
 bind_mount(const char *src, const char *dst)
 {
@@ -417,39 +417,59 @@ run_ops(const struct op *ops, int n_ops)
   }
 }
 
+/* The n values of option argv[*i] (described by `what`, e.g. "SRC DST"):
+ * each must be there, non-empty and not "--" (which would end the options
+ * one word too late).  Advances *i past them; returns the first. */
+static char **
+option_values(int argc, char *argv[], int *i, int n, const char *what)
+{
+  const char *option = argv[*i];
+
+  for (int k = 1; k <= n; k++) {
+    if (*i + k >= argc || strcmp(argv[*i + k], "--") == 0 || argv[*i + k][0] == '\0')
+      die_usage("%s needs %s", option, what);
+  }
+  *i += n + 1;
+  return &argv[*i - n];
+}
+
+/* PROGRAM after the options, which end at argv[i] == "--". */
+static int
+program_index(int argc, char *argv[], int i, const char *command)
+{
+  if (i >= argc || strcmp(argv[i], "--") != 0)
+    die_usage("%s: missing '-- PROGRAM'", command);
+  if (i + 1 >= argc)
+    die_usage("%s: missing PROGRAM after '--'", command);
+  return i + 1;
+}
+
 /* Parse the OPs up to "--" into ops[] (room for argc entries); returns the
  * index of PROGRAM in argv. */
 static int
 parse_create_args(int argc, char *argv[], struct op *ops, int *n_ops)
 {
-  int i;
+  int i = 0;
 
   *n_ops = 0;
-  for (i = 0; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
-    struct op *op = &ops[*n_ops];
+  while (i < argc && strcmp(argv[i], "--") != 0) {
+    struct op *op = &ops[(*n_ops)++];
+    char **values;
 
-    if (i + 1 >= argc)
-      die_usage("%s needs an argument", argv[i]);
-    if (strcmp(argv[i], "--bind") == 0) {
-      op->kind = OP_BIND;
-      split_src_dst(argv[i], argv[i + 1], op);
-    } else if (strcmp(argv[i], "--file") == 0) {
-      op->kind = OP_FILE;
-      split_src_dst(argv[i], argv[i + 1], op);
+    if (strcmp(argv[i], "--bind") == 0 || strcmp(argv[i], "--file") == 0) {
+      op->kind = strcmp(argv[i], "--bind") == 0 ? OP_BIND : OP_FILE;
+      values = option_values(argc, argv, &i, 2, "SRC and DST (two arguments)");
+      op->src = values[0];
+      op->dst = values[1];
     } else if (strcmp(argv[i], "--tmpfs") == 0) {
       op->kind = OP_TMPFS;
       op->src = NULL;
-      op->dst = argv[i + 1];
-      if (op->dst[0] == '\0')
-        die_usage("--tmpfs needs a directory");
+      op->dst = option_values(argc, argv, &i, 1, "a directory")[0];
     } else {
       die_usage("create: unknown option '%s'", argv[i]);
     }
-    (*n_ops)++;
   }
-  if (i + 1 >= argc)
-    die_usage("create: missing '-- PROGRAM'");
-  return i + 1;
+  return program_index(argc, argv, i, "create");
 }
 
 static void __attribute__((noreturn))
@@ -474,56 +494,42 @@ cmd_create(int argc, char *argv[])
   run_ops(ops, n_ops);
   free(ops);
   keep_only_net_admin();
+  set_no_new_privs();
   exec_program(&argv[program]);
 }
 
 /* ---- join ------------------------------------------------------------ */
 
+/* Only a pidfd names the process to join: a pid may have been reused by
+ * the time it is opened. */
 static int
 parse_join_args(int argc, char *argv[], struct join_args *args)
 {
-  int i;
+  int i = 0;
 
   args->pidfd = -1;
-  args->pid = 0;
   args->cwd = NULL;
-  for (i = 0; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
-    int n;
+  while (i < argc && strcmp(argv[i], "--") != 0) {
+    const char *option = argv[i];
 
-    if (i + 1 >= argc)
-      die_usage("%s needs an argument", argv[i]);
-    if (strcmp(argv[i], "--pidfd") == 0) {
-      if (parse_int(argv[i + 1], 0, &n) < 0)
-        die_usage("--pidfd needs a file descriptor, got '%s'", argv[i + 1]);
-      args->pidfd = n;
-    } else if (strcmp(argv[i], "--pid") == 0) {
-      if (parse_int(argv[i + 1], 1, &n) < 0)
-        die_usage("--pid needs a process id, got '%s'", argv[i + 1]);
-      args->pid = n;
-    } else if (strcmp(argv[i], "--cwd") == 0) {
-      args->cwd = argv[i + 1];
+    if (strcmp(option, "--pidfd") == 0) {
+      const char *value = option_values(argc, argv, &i, 1, "a file descriptor")[0];
+
+      if (args->pidfd >= 0)
+        die_usage("join: --pidfd given twice");
+      if (parse_int(value, 0, &args->pidfd) < 0)
+        die_usage("--pidfd needs a file descriptor, got '%s'", value);
+    } else if (strcmp(option, "--cwd") == 0) {
+      if (args->cwd != NULL)
+        die_usage("join: --cwd given twice");
+      args->cwd = option_values(argc, argv, &i, 1, "a directory")[0];
     } else {
-      die_usage("join: unknown option '%s'", argv[i]);
+      die_usage("join: unknown option '%s'", option);
     }
   }
-  if ((args->pidfd >= 0) == (args->pid > 0))
-    die_usage("join needs exactly one of --pidfd and --pid");
-  if (i + 1 >= argc)
-    die_usage("join: missing '-- PROGRAM'");
-  return i + 1;
-}
-
-static int
-open_pidfd(const struct join_args *args)
-{
-  int pidfd;
-
-  if (args->pidfd >= 0)
-    return args->pidfd;
-  pidfd = (int)syscall(SYS_pidfd_open, args->pid, 0); /* always O_CLOEXEC */
-  if (pidfd < 0)
-    die_with_error("opening a pidfd for process %d", (int)args->pid);
-  return pidfd;
+  if (args->pidfd < 0)
+    die_usage("join needs --pidfd N");
+  return program_index(argc, argv, i, "join");
 }
 
 static void __attribute__((noreturn))
@@ -532,26 +538,22 @@ cmd_join(int argc, char *argv[])
   struct join_args args;
   int program = parse_join_args(argc, argv, &args);
   char *cwd;
-  int pidfd;
 
-  pidfd = open_pidfd(&args);
   cwd = args.cwd != NULL ? strdup(args.cwd) : getcwd(NULL, 0);
   if (cwd == NULL)
     die_with_error("getting the working directory");
 
   /* One call with a pidfd (Linux >= 5.8) enters all three at once; the user
    * namespace first, which is what gives us the right to enter the others. */
-  if (setns(pidfd, CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS) < 0) {
-    if (args.pidfd >= 0)
-      die_with_error("joining the namespaces of pidfd %d", args.pidfd);
-    die_with_error("joining the namespaces of process %d", (int)args.pid);
-  }
-  close(pidfd);
+  if (setns(args.pidfd, CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS) < 0)
+    die_with_error("joining the namespaces of pidfd %d", args.pidfd);
+  close(args.pidfd);
   /* Entering a mount namespace resets the root and working directories. */
   if (chdir(cwd) < 0)
     die_with_error("changing directory to %s", cwd);
   free(cwd);
   drop_all_capabilities();
+  set_no_new_privs();
   exec_program(&argv[program]);
 }
 
@@ -561,8 +563,10 @@ int
 main(int argc, char *argv[])
 {
   if (argc >= 2 && strcmp(argv[1], "--expect-version") == 0) {
-    if (argc < 3)
+    if (argc < 3 || argv[2][0] == '\0' || strcmp(argv[2], "--") == 0)
       die_usage("--expect-version needs a version");
+    if (argc >= 4 && strcmp(argv[3], "--expect-version") == 0)
+      die_usage("--expect-version given twice");
     if (strcmp(argv[2], WG_WRAP_VERSION) != 0) {
       fprintf(stderr, PROG_NAME ": this is version %s, but wg-wrap %s runs it: "
               "install both from the same release\n", WG_WRAP_VERSION, argv[2]);

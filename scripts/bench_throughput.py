@@ -17,6 +17,7 @@ Prints Mbit/s for each round, the medians and the ratio tunnel/loopback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -57,23 +58,27 @@ print(f"{received * 8 / elapsed / 1e6:.0f}")
 """
 
 
-def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
-    s, c = keys.generate_private_key(), keys.generate_private_key()
+def write_server_config(directory: Path, s: bytes, c: bytes) -> Path:
+    """No ListenPort: the server's host socket gets a free port and keeps it."""
     server = directory / "bench-server.conf"
-    client = directory / "bench-client.conf"
     server.write_text(
-        f"[Interface]\nPrivateKey = {keys.encode(s)}\nAddress = 10.251.0.1/24\n"
-        f"ListenPort = {port}\n\n[Peer]\nPublicKey = {keys.encode(keys.public_key(c))}\n"
+        f"[Interface]\nPrivateKey = {keys.encode(s)}\nAddress = 10.251.0.1/24\n\n"
+        f"[Peer]\nPublicKey = {keys.encode(keys.public_key(c))}\n"
         "AllowedIPs = 10.251.0.2/32\n"
     )
+    server.chmod(0o600)
+    return server
+
+
+def write_client_config(directory: Path, s: bytes, c: bytes, port: int) -> Path:
+    client = directory / "bench-client.conf"
     client.write_text(
         f"[Interface]\nPrivateKey = {keys.encode(c)}\nAddress = 10.251.0.2/24\n\n"
         f"[Peer]\nPublicKey = {keys.encode(keys.public_key(s))}\n"
         f"Endpoint = 127.0.0.1:{port}\nAllowedIPs = 10.251.0.0/24\n"
     )
-    for path in (server, client):
-        path.chmod(0o600)
-    return server, client
+    client.chmod(0o600)
+    return client
 
 
 def start_sink(argv: list[str]) -> subprocess.Popen[str]:
@@ -93,15 +98,14 @@ def main() -> int:
     python = sys.executable
     wg_wrap = [python, "-m", "wg_wrap"]
     with tempfile.TemporaryDirectory() as tmp:
-        import socket
-
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            udp_port = s.getsockname()[1]
-        server_conf, client_conf = write_configs(Path(tmp), udp_port)
+        s, c = keys.generate_private_key(), keys.generate_private_key()
+        server_conf = write_server_config(Path(tmp), s, c)
         name = f"bench-{os.getpid()}"
         subprocess.run([*wg_wrap, "up", "--no-wait", "-n", name, "-c", str(server_conf),
                         "--listen-address", "127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
+        status = subprocess.run([*wg_wrap, "status", "--json", name], check=True,
+                                capture_output=True, text=True).stdout
+        client_conf = write_client_config(Path(tmp), s, c, json.loads(status)[0]["listen_port"])
         subprocess.run([*wg_wrap, "up", "-n", f"{name}-c", "-c", str(client_conf)],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sinks = [

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import queue
@@ -22,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +35,19 @@ UDP_PORT = 7777
 DNS_NAME = "peer.wg-wrap.test"
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_silent_socket: socket.socket | None = None
+
+
+def silent_udp_port() -> int:
+    """A loopback UDP port where nothing ever answers: the endpoint of a peer
+    that must stay silent.  The socket is bound once and kept open until the
+    test session ends, so no other test or server can be given that port."""
+    global _silent_socket
+    if _silent_socket is None:
+        _silent_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        _silent_socket.bind(("127.0.0.1", 0))
+        atexit.register(_silent_socket.close)
+    return int(_silent_socket.getsockname()[1])
 
 
 @dataclass
@@ -169,7 +180,6 @@ class WgWrapServer(Server):
         from conftest import as_user_argv, user_env
 
         self.net, self.keys = net, keys or Keys()
-        self.port = port or free_udp_port()
         # Its own config and runtime directories, private to the test user.
         self._dirs = [Path(tempfile.mkdtemp(prefix="wg-wrap-server-")) for _ in range(2)]
         for d in self._dirs:
@@ -181,8 +191,8 @@ class WgWrapServer(Server):
             "[Interface]\n"
             f"PrivateKey = {self.keys.text(self.keys.server)}\n"
             f"Address = {net.server4}/24, {net.server6}/64\n"
-            f"ListenPort = {self.port}\n\n"
-            "[Peer]\n"
+            + (f"ListenPort = {port}\n" if port else "")
+            + "\n[Peer]\n"
             f"PublicKey = {self.keys.pub(self.keys.client)}\n"
             f"PresharedKey = {self.keys.text(self.keys.psk)}\n"
             f"AllowedIPs = {net.client4}/32, {net.client6}/128\n"
@@ -190,6 +200,8 @@ class WgWrapServer(Server):
         os.chown(conf, user.uid, user.gid)  # type: ignore[attr-defined]
         conf.chmod(0o600)
         python = str(stage.python)  # type: ignore[attr-defined]
+        # Without a given port, no ListenPort: the host socket is bound to a
+        # free port and kept by the server; the port is read back from its state.
         argv = stage.wg_wrap(  # type: ignore[attr-defined]
             "run", "-n", "test-server", "-c", str(conf), "--listen-address", listen, "--",
             *peer_services_argv(python, net),
@@ -205,6 +217,10 @@ class WgWrapServer(Server):
             _, err = self.process.communicate(timeout=10)
             self.stop()
             raise RuntimeError(f"wg-wrap server did not start: {err}")
+        # Written before its command (the services) started.
+        state = runtime_dir / "wg-wrap" / "test-server" / "state.toml"
+        self.port = int(tomllib.loads(state.read_text())["listen_port"])
+        assert port is None or self.port == port
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -233,7 +249,7 @@ class StockServer(Server):
                     f"{tool} is missing: install Debian's wireguard-go and wireguard-tools "
                     "(.ci/run does)"
                 )
-        self.net, self.keys, self.port = net, Keys(), free_udp_port()
+        self.net, self.keys, self.port = net, Keys(), 0  # port: chosen by wireguard-go
         suffix = secrets.token_hex(3)
         self.ifname, self.netns = f"wgt{suffix}", f"wgwrap-t{suffix}"
         self._tmp = Path(tempfile.mkdtemp(prefix="wg-wrap-stock-"))
@@ -265,7 +281,7 @@ class StockServer(Server):
         pskfile.write_text(self.keys.text(self.keys.psk) + "\n")
         pskfile.chmod(0o600)
         subprocess.run(
-            ["wg", "set", self.ifname, "private-key", str(keyfile), "listen-port", str(self.port),
+            ["wg", "set", self.ifname, "private-key", str(keyfile),
              "peer", self.keys.pub(self.keys.client), "preshared-key", str(pskfile),
              "allowed-ips", f"{self.net.client4}/32,{self.net.client6}/128"],
             check=True, timeout=10,
@@ -280,6 +296,7 @@ class StockServer(Server):
         self._ip("address", "add", f"{self.net.server6}/64", "dev", self.ifname, "nodad",
                  netns=True)
         self._ip("link", "set", self.ifname, "up", netns=True)
+        self.port = self._listen_port()
         python = str(stage.python)  # type: ignore[attr-defined]
         self._services = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, *peer_services_argv(python, self.net)],
@@ -288,6 +305,19 @@ class StockServer(Server):
         self.log = LineLog(self._services.stdout)
         if not self.log.wait_for("ready", READY_TIMEOUT):
             raise RuntimeError("peer services did not start in the test namespace")
+
+    def _listen_port(self) -> int:
+        """The port wireguard-go bound (no listen-port set: a free one), once
+        the device is up and its socket open."""
+        deadline = time.monotonic() + 10
+        while True:
+            shown = subprocess.run(["wg", "show", self.ifname, "listen-port"], check=True,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            if shown not in ("", "0"):
+                return int(shown)
+            if time.monotonic() > deadline:
+                raise RuntimeError("wireguard-go did not open its UDP socket")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         for proc in (self._services, self.daemon):

@@ -19,7 +19,7 @@ def test_resolv_conf_lists_servers_and_search_domains() -> None:
 
 def test_plain_file_layout_binds_over_etc_resolv_conf() -> None:
     layout = dns.HostLayout(resolv_target="/etc/resolv.conf", existing_dirs=())
-    assert dns.mount_ops(GEN, layout) == ["--bind", f"{GEN}:/etc/resolv.conf"]
+    assert dns.mount_ops(GEN, layout) == ["--bind", GEN, "/etc/resolv.conf"]
 
 
 def test_plain_file_layout_still_hides_resolver_daemons() -> None:
@@ -27,7 +27,7 @@ def test_plain_file_layout_still_hides_resolver_daemons() -> None:
     ops = dns.mount_ops(GEN, layout)
     assert ops[:2] == ["--tmpfs", "/run/systemd/resolve"]
     assert ops[ops.index("/run/nscd") - 1 : ops.index("/run/nscd") + 1] == ["--tmpfs", "/run/nscd"]
-    assert ops[-2:] == ["--bind", f"{GEN}:/etc/resolv.conf"]
+    assert ops[-3:] == ["--bind", GEN, "/etc/resolv.conf"]
 
 
 def test_systemd_resolved_symlink_layout_puts_the_file_back_inside_the_tmpfs() -> None:
@@ -35,10 +35,17 @@ def test_systemd_resolved_symlink_layout_puts_the_file_back_inside_the_tmpfs() -
     ops = dns.mount_ops(GEN, layout)
     assert ops == [
         "--tmpfs", "/run/systemd/resolve",
-        "--file", f"{GEN}:/run/systemd/resolve/stub-resolv.conf",
-        "--file", f"{GEN}:/run/systemd/resolve/resolv.conf",
+        "--file", GEN, "/run/systemd/resolve/stub-resolv.conf",
+        "--file", GEN, "/run/systemd/resolve/resolv.conf",
     ]
     assert "--bind" not in ops  # the symlink now leads to the generated file
+
+
+def test_paths_with_colons_stay_whole() -> None:
+    """An XDG_RUNTIME_DIR may contain ':' (it is a path, not a list)."""
+    generated = "/run/user/1000:x/wg-wrap/wg0/resolv.conf"
+    layout = dns.HostLayout("/etc/resolv.conf", ())
+    assert dns.mount_ops(generated, layout) == ["--bind", generated, "/etc/resolv.conf"]
 
 
 def test_loopback_nameservers_are_found() -> None:

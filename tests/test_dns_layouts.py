@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Stage, User, as_user_argv, run_as_user, sidecars_of, user_env
-from peers import Keys, Net, client_config, free_udp_port
+from peers import Keys, Net, client_config, silent_udp_port
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ def write_conf(
 ) -> Path:
     extra = f"DNS = {dns}\n" if dns else ""
     path = user_tmp / "dns.conf"
-    path.write_text(client_config(Keys(), _net(), free_udp_port(), dns=False, extra=extra,
+    path.write_text(client_config(Keys(), _net(), silent_udp_port(), dns=False, extra=extra,
                                   allowed=allowed))
     os.chown(path, user.uid, user.gid)
     path.chmod(0o600)
@@ -146,6 +146,23 @@ def test_without_dns_the_hosts_resolv_conf_is_seen_inside(
     result = cat_resolv_conf(stage, test_user, user_runtime_dir, conf)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ETC_RESOLV.read_text()
+
+
+def test_a_runtime_directory_with_a_colon_works(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path,
+    real_host_untouched: None,
+) -> None:
+    """XDG_RUNTIME_DIR is a path: a ':' in it must not split a mount's SRC
+    from its DST (the generated resolv.conf lives under it)."""
+    runtime_dir = user_runtime_dir / "run:time"
+    runtime_dir.mkdir(mode=0o700)
+    os.chown(runtime_dir, test_user.uid, test_user.gid)
+    server = f"10.{next(_nets)}.0.1"
+    conf = write_conf(user_tmp, test_user, server)
+    result = cat_resolv_conf(stage, test_user, runtime_dir, conf)
+    assert result.returncode == 0, result.stderr
+    assert nameservers(result.stdout) == [server], result.stdout
+    assert_nothing_left(test_user, runtime_dir)
 
 
 # --- fake hosts in a private mount namespace ----------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from apparmor_tree import Machine
 from conftest import Stage, User, run_as_user, user_env
-from peers import Keys, Net, client_config, free_udp_port
+from peers import Keys, Net, client_config, silent_udp_port
 
 from wg_wrap import apparmor, doctor, hints, launch
 
@@ -99,7 +99,7 @@ def test_unusable_tun_is_diagnosed_with_its_fix(
             "/dev/net/tun: Permission denied\n") in result.stdout
 
     conf = user_tmp / "wg0.conf"
-    conf.write_text(client_config(Keys(), Net("10.98.0", "fd00:98::"), free_udp_port()))
+    conf.write_text(client_config(Keys(), Net("10.98.0", "fd00:98::"), silent_udp_port()))
     os.chown(conf, test_user.uid, test_user.gid)
     conf.chmod(0o600)
     run = run_as_user(test_user, stage.wg_wrap("run", "-c", str(conf), "--", "true"),

@@ -27,8 +27,8 @@ from peers import (
     Server,
     StockServer,
     client_config,
-    free_udp_port,
     next_net,
+    silent_udp_port,
 )
 
 pytestmark = pytest.mark.e2e
@@ -145,7 +145,7 @@ def test_exit_status_and_signals_pass_through(
 def test_runs_with_the_callers_identity_and_no_capabilities(
     stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
 ) -> None:
-    conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), free_udp_port()))
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), silent_udp_port()))
     result = wg_wrap_run(
         stage, test_user, user_runtime_dir, conf, "sh", "-c",
         "id -u; id -g; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status",
@@ -275,7 +275,7 @@ def test_mtu_addresses_and_routes_follow_the_config(
     net = next_net()
     script = "ip -o link show tun0; ip -o addr show dev tun0; ip route; ip -6 route"
     conf = write_conf(user_tmp, test_user, client_config(
-        Keys(), net, free_udp_port(), dns=False, extra="MTU = 1380\n",
+        Keys(), net, silent_udp_port(), dns=False, extra="MTU = 1380\n",
         allowed="0.0.0.0/0, ::/0, 10.200.0.0/16"))
     routed = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", script)
     assert routed.returncode == 0, routed.stderr
@@ -286,7 +286,7 @@ def test_mtu_addresses_and_routes_follow_the_config(
     assert routed.stdout.count("default dev tun0") == 2  # IPv4 and IPv6
 
     conf = write_conf(user_tmp, test_user, client_config(
-        Keys(), net, free_udp_port(), dns=False, extra="Table = off\n"), name="off.conf")
+        Keys(), net, silent_udp_port(), dns=False, extra="Table = off\n"), name="off.conf")
     unrouted = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "sh", "-c", script)
     assert unrouted.returncode == 0, unrouted.stderr
     assert "default dev" not in unrouted.stdout  # only the addresses' own routes
@@ -322,7 +322,7 @@ def test_setuid_programs_gain_nothing_inside(
         setuid_id.chmod(0o4755)
         outside = run_as_user(test_user, [str(setuid_id)], env=user_env(user_runtime_dir))
         assert "euid=0(root)" in outside.stdout, "control: the copy must really be setuid"
-        conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), free_udp_port()))
+        conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), silent_udp_port()))
         inside = wg_wrap_run(stage, test_user, user_runtime_dir, conf, str(setuid_id))
         assert inside.returncode == 0, inside.stderr
         assert inside.stdout.startswith(f"uid={test_user.uid}(")
@@ -346,7 +346,7 @@ def test_ping_sockets_and_low_ports_work_inside(
         "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(('127.0.0.1', 53))\n"
         "print('bound 53')\n"
     )
-    conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), free_udp_port()))
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), silent_udp_port()))
     result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, *_python(stage, code))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "echo-reply\nbound 53\n"

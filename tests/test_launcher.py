@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import Stage, User, as_user_argv, run_as_user, user_env
 
+import wg_wrap
+
 CAP_NET_ADMIN = 1 << 12
 # The system interpreter: the test user cannot reach one under /root.
 PYTHON = "/usr/bin/python3"
@@ -96,11 +98,35 @@ def namespace_holder(user: User, launcher: Path, *ops: str) -> Iterator[int]:
         proc.communicate(timeout=TIMEOUT)
 
 
+def join_pidfd(
+    user: User | None, launcher: Path, pidfd: int, program: Sequence[str], *options: str,
+    cwd: str | Path = "/",
+) -> subprocess.CompletedProcess[str]:
+    """`join --pidfd N OPTIONS -- PROGRAM`, the pidfd inherited (as wg-wrap
+    passes it), run as user (None: as root)."""
+    argv = [str(launcher), "join", "--pidfd", str(pidfd), *options, "--", *program]
+    return subprocess.run(
+        as_user_argv(user, argv) if user else argv, env=user_env(), cwd=cwd,
+        pass_fds=[pidfd], capture_output=True, text=True, timeout=TIMEOUT,
+    )
+
+
+def join_program(
+    user: User | None, launcher: Path, pid: int, program: Sequence[str], *options: str,
+    cwd: str | Path = "/",
+) -> subprocess.CompletedProcess[str]:
+    """Join the namespaces of the (live) process pid through a pidfd."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        return join_pidfd(user, launcher, pidfd, program, *options, cwd=cwd)
+    finally:
+        os.close(pidfd)
+
+
 def join_as_user(
     user: User, launcher: Path, pid: int, script: str, *options: str, cwd: str | Path = "/"
 ) -> subprocess.CompletedProcess[str]:
-    argv = [str(launcher), "join", "--pid", str(pid), *options, "--", "sh", "-c", script]
-    return run_as_user(user, argv, cwd=cwd, timeout=TIMEOUT)
+    return join_program(user, launcher, pid, ["sh", "-c", script], *options, cwd=cwd)
 
 
 # ---- create ---------------------------------------------------------------
@@ -136,6 +162,8 @@ def test_create_program_has_exactly_cap_net_admin(test_user: User, launcher: Pat
     caps = status_caps(result.stdout)
     for name in ("CapPrm", "CapEff", "CapAmb", "CapInh", "CapBnd"):
         assert caps[name] == CAP_NET_ADMIN, (name, hex(caps[name]))
+    # no_new_privs keeps the ambient capability: it was permitted before execve.
+    assert re.search(r"^NoNewPrivs:\s+1$", result.stdout, re.M)
 
 
 def test_create_as_root_still_gives_only_cap_net_admin(launcher: Path, test_user: User) -> None:
@@ -184,7 +212,8 @@ def test_bind_over_resolv_conf_is_seen_inside_only(
         test_user,
         launcher,
         "--bind",
-        f"{generated}:/etc/resolv.conf",
+        str(generated),
+        "/etc/resolv.conf",
         script="cat /etc/resolv.conf",
     )
     assert result.returncode == 0, result.stderr
@@ -202,12 +231,33 @@ def test_bind_over_a_symlink_mounts_over_its_target(
         test_user,
         launcher,
         "--bind",
-        f"{generated}:{user_tmp}/link",
+        str(generated),
+        f"{user_tmp}/link",
         script=f"cat {target}; readlink {user_tmp}/link",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "inside\ntarget\n"
     assert target.read_text() == "host\n"
+
+
+def test_mount_paths_may_contain_colons(test_user: User, launcher: Path, user_tmp: Path) -> None:
+    """SRC and DST are separate arguments: a ':' is part of a path."""
+    where = user_tmp / "a:b"
+    where.mkdir()
+    hidden = user_tmp / "c:d"
+    hidden.mkdir()
+    for path in (where, hidden):
+        path.chmod(0o755)
+    generated = readable_by_all(where / "resolv:conf", "nameserver 10.64.0.1\n")
+    result = sh_as_user(
+        test_user, launcher,
+        "--bind", str(generated), "/etc/resolv.conf",
+        "--tmpfs", str(hidden),
+        "--file", str(generated), f"{hidden}/x:y",
+        script=f"cat /etc/resolv.conf '{hidden}/x:y'",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "nameserver 10.64.0.1\n" * 2
 
 
 @pytest.fixture
@@ -237,7 +287,8 @@ def test_tmpfs_hides_a_directory_and_file_puts_a_file_in_it(
         "--tmpfs",
         str(resolve),
         "--file",
-        f"{generated}:{resolve}/stub-resolv.conf",
+        str(generated),
+        f"{resolve}/stub-resolv.conf",
         script=f"ls -A {resolve}; cat {resolved_layout}/resolv.conf; stat -c '%a %u' {resolve}",
     )
     assert result.returncode == 0, result.stderr
@@ -341,7 +392,7 @@ def test_create_passes_inherited_fds_on(test_user: User, launcher: Path) -> None
 
 def test_create_leaves_no_launcher_fd_open(test_user: User, launcher: Path) -> None:
     result = sh_as_user(
-        test_user, launcher, "--bind", "/etc/hostname:/etc/hostname", script="ls /proc/self/fd"
+        test_user, launcher, "--bind", "/etc/hostname", "/etc/hostname", script="ls /proc/self/fd"
     )
     assert result.returncode == 0, result.stderr
     # stdin, stdout, stderr and the fd ls opened to list the directory
@@ -352,20 +403,20 @@ def test_create_leaves_no_launcher_fd_open(test_user: User, launcher: Path) -> N
     ("ops", "message"),
     [
         (
-            ["--bind", "/nonexistent/src:/etc/resolv.conf"],
+            ["--bind", "/nonexistent/src", "/etc/resolv.conf"],
             "bind-mounting /nonexistent/src over /etc/resolv.conf: No such file or directory",
         ),
         (
-            ["--bind", "/etc/hostname:/nonexistent/dst"],
+            ["--bind", "/etc/hostname", "/nonexistent/dst"],
             "resolving /nonexistent/dst: No such file or directory",
         ),
         (
             ["--tmpfs", "/nonexistent/dir"],
             "mounting tmpfs on /nonexistent/dir: No such file or directory",
         ),
-        (["--file", "/etc/hostname:/etc/hostname"], "creating /etc/hostname: File exists"),
+        (["--file", "/etc/hostname", "/etc/hostname"], "creating /etc/hostname: File exists"),
         (
-            ["--tmpfs", "/tmp", "--file", "/nonexistent/src:/tmp/x"],
+            ["--tmpfs", "/tmp", "--file", "/nonexistent/src", "/tmp/x"],
             "bind-mounting /nonexistent/src over /tmp/x: No such file or directory",
         ),
     ],
@@ -418,35 +469,66 @@ def test_missing_program_is_127_even_past_an_unsearchable_path_dir(
     assert "No such file or directory" in result.stderr
 
 
+VERSION = wg_wrap.__version__
+
+
 @pytest.mark.parametrize(
-    "args",
+    ("args", "message"),
     [
-        [],
-        ["frobnicate"],
-        ["create"],
-        [
-            "create",
-            "--",
-        ],
-        ["create", "--bind", "/etc/hostname", "--", "true"],
-        ["create", "--bind", ":/etc/hostname", "--", "true"],
-        ["create", "--bind", "/etc/hostname:", "--", "true"],
-        ["create", "--tmpfs"],
-        ["create", "--mystery", "x", "--", "true"],
-        ["create", "true"],
-        ["join", "--", "true"],
-        ["join", "--pid", "1", "--pidfd", "3", "--", "true"],
-        ["join", "--pid", "12abc", "--", "true"],
-        ["join", "--pid", "0", "--", "true"],
-        ["join", "--pid", "1"],
+        ([], "missing command"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["create"], "create: missing '-- PROGRAM'"),
+        (["create", "--"], "create: missing PROGRAM after '--'"),
+        (["create", "true"], "create: unknown option 'true'"),
+        (["create", "--mystery", "x", "--", "true"], "create: unknown option '--mystery'"),
+        # One argument per value: no packing, no value missing, none empty.
+        (["create", "--bind", "/etc/hostname", "--", "true"], "--bind needs SRC and DST"),
+        (["create", "--bind", "/etc/hostname:/etc/hostname", "--", "true"],
+         "--bind needs SRC and DST"),
+        (["create", "--bind", "", "/etc/hostname", "--", "true"], "--bind needs SRC and DST"),
+        (["create", "--file", "/etc/hostname", "", "--", "true"], "--file needs SRC and DST"),
+        (["create", "--tmpfs"], "--tmpfs needs a directory"),
+        # A loop stepping by two would take `--` for the value, then `true`
+        # for an option, or worse, run PROGRAM with the wrong mounts.
+        (["create", "--tmpfs", "--", "true"], "--tmpfs needs a directory"),
+        (["create", "--bind", "/etc/hostname", "--", "/etc/hostname", "--", "true"],
+         "--bind needs SRC and DST"),
+        (["join", "--", "true"], "join needs --pidfd N"),
+        (["join", "--pidfd", "3"], "join: missing '-- PROGRAM'"),
+        (["join", "--pidfd", "3", "--"], "join: missing PROGRAM after '--'"),
+        (["join", "--pidfd", "--", "true"], "--pidfd needs a file descriptor"),
+        (["join", "--pidfd", "12abc", "--", "true"], "--pidfd needs a file descriptor, got"),
+        (["join", "--pidfd", "-1", "--", "true"], "--pidfd needs a file descriptor, got"),
+        (["join", "--pidfd", "3", "--pidfd", "4", "--", "true"], "join: --pidfd given twice"),
+        (["join", "--pidfd", "3", "--cwd", "/", "--cwd", "/", "--", "true"],
+         "join: --cwd given twice"),
+        (["join", "--pidfd", "3", "--cwd", "--", "true"], "--cwd needs a directory"),
+        (["join", "--pid", "1", "--", "true"], "join: unknown option '--pid'"),
+        (["--expect-version"], "--expect-version needs a version"),
+        (["--expect-version", "--", "join", "--pidfd", "3", "--", "true"],
+         "--expect-version needs a version"),
+        (["--expect-version", VERSION, "--expect-version", VERSION, "create", "--", "true"],
+         "--expect-version given twice"),
     ],
 )
-def test_usage_errors_exit_125_with_one_line(launcher: Path, args: list[str]) -> None:
+def test_usage_errors_exit_125_with_one_line(
+    launcher: Path, args: list[str], message: str
+) -> None:
     result = subprocess.run([str(launcher), *args], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 125
-    assert result.stderr.startswith("wg-wrap-launcher: ")
+    assert result.stderr.startswith(f"wg-wrap-launcher: {message}"), result.stderr
     assert result.stderr.count("\n") == 1
     assert result.stdout == ""
+
+
+def test_a_stale_launcher_refuses_another_version(launcher: Path) -> None:
+    result = subprocess.run(
+        [str(launcher), "--expect-version", "0.0.0-other", "create", "--", "true"],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert result.returncode == 125
+    assert result.stderr == (f"wg-wrap-launcher: this is version {VERSION}, but wg-wrap "
+                             "0.0.0-other runs it: install both from the same release\n")
 
 
 def test_help_and_version(launcher: Path) -> None:
@@ -470,7 +552,7 @@ def test_join_enters_the_same_user_net_and_mount_namespaces(
     test_user: User, launcher: Path, user_tmp: Path
 ) -> None:
     generated = readable_by_all(user_tmp / "resolv.conf", "nameserver 10.64.0.1\n")
-    with namespace_holder(test_user, launcher, "--bind", f"{generated}:/etc/resolv.conf") as pid:
+    with namespace_holder(test_user, launcher, "--bind", str(generated), "/etc/resolv.conf") as pid:
         expected = [os.readlink(f"/proc/{pid}/ns/{ns}") for ns in ("user", "net", "mnt")]
         result = join_as_user(
             test_user,
@@ -521,18 +603,41 @@ def test_join_program_has_no_capabilities_and_the_users_ids(
     caps = status_caps(status)
     assert set(caps) == {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}
     assert set(caps.values()) == {0}, caps
-    assert re.search(r"^NoNewPrivs:\s+0$", status, re.M)
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+
+
+@pytest.fixture
+def setuid_root_id() -> Iterator[Path]:
+    """A setuid-root copy of id(1), in a directory everyone may search."""
+    where = Path(tempfile.mkdtemp(prefix="wg-wrap-suid-"))
+    try:
+        where.chmod(0o755)
+        program = where / "id"
+        shutil.copy2("/usr/bin/id", program)
+        os.chown(program, 0, 0)
+        program.chmod(0o4755)
+        yield program
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_a_setuid_program_gains_nothing_after_join(
+    test_user: User, launcher: Path, setuid_root_id: Path
+) -> None:
+    outside = run_as_user(test_user, [str(setuid_root_id)], timeout=TIMEOUT)
+    assert "euid=0(root)" in outside.stdout, "control: the copy must really be setuid"
+    with namespace_holder(test_user, launcher) as pid:
+        inside = join_program(test_user, launcher, pid, [str(setuid_root_id)])
+        status = join_as_user(test_user, launcher, pid, f"{setuid_root_id} -u; "
+                              "grep -E '^(NoNewPrivs|CapEff)' /proc/self/status")
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.startswith(f"uid={test_user.uid}(") and "euid=" not in inside.stdout
+    assert status.stdout.split() == [str(test_user.uid), "CapEff:", "0" * 16, "NoNewPrivs:", "1"]
 
 
 def test_join_by_root_still_has_no_capabilities(test_user: User, launcher: Path) -> None:
     with namespace_holder(test_user, launcher) as pid:
-        result = subprocess.run(
-            [str(launcher), "join", "--pid", str(pid), "--", "cat", "/proc/self/status"],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            cwd="/",
-        )
+        result = join_program(None, launcher, pid, ["cat", "/proc/self/status"])
     assert result.returncode == 0, result.stderr
     assert set(status_caps(result.stdout).values()) == {0}
 
@@ -545,26 +650,28 @@ def test_join_passes_the_exit_status_through(test_user: User, launcher: Path) ->
 
 def test_join_missing_program_exits_127(test_user: User, launcher: Path) -> None:
     with namespace_holder(test_user, launcher) as pid:
-        result = run_as_user(
-            test_user,
-            [str(launcher), "join", "--pid", str(pid), "--", "wg-wrap-no-such-program"],
-            timeout=TIMEOUT,
-        )
+        result = join_program(test_user, launcher, pid, ["wg-wrap-no-such-program"])
     assert result.returncode == 127
     assert result.stderr == (
         "wg-wrap-launcher: executing wg-wrap-no-such-program: No such file or directory\n"
     )
 
 
-def test_join_on_a_dead_process_exits_125(test_user: User, launcher: Path) -> None:
+def test_join_through_the_pidfd_of_an_exited_process_exits_125(
+    test_user: User, launcher: Path
+) -> None:
+    """The pidfd stays bound to the process it was opened for: once that has
+    exited, joining fails, even if its pid was reused meanwhile."""
     dead = subprocess.Popen(["true"])
-    dead.wait(timeout=TIMEOUT)
-    result = run_as_user(
-        test_user, [str(launcher), "join", "--pid", str(dead.pid), "--", "true"], timeout=TIMEOUT
-    )
+    pidfd = os.pidfd_open(dead.pid)
+    try:
+        dead.wait(timeout=TIMEOUT)
+        result = join_pidfd(test_user, launcher, pidfd, ["true"])
+    finally:
+        os.close(pidfd)
     assert result.returncode == 125
     assert result.stderr == (
-        f"wg-wrap-launcher: opening a pidfd for process {dead.pid}: No such process\n"
+        f"wg-wrap-launcher: joining the namespaces of pidfd {pidfd}: No such process\n"
     )
 
 
@@ -575,14 +682,17 @@ def test_join_into_another_users_namespace_is_refused(test_user: User, launcher:
         while os.readlink(f"/proc/{holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
             assert time.monotonic() < deadline, "root's launcher never unshared"
             time.sleep(0.01)
-        result = join_as_user(test_user, launcher, holder.pid, "true")
+        pidfd = os.pidfd_open(holder.pid)
+        try:
+            result = join_pidfd(test_user, launcher, pidfd, ["true"])
+        finally:
+            os.close(pidfd)
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=TIMEOUT)
     assert result.returncode == 125
     assert result.stderr == (
-        f"wg-wrap-launcher: joining the namespaces of process {holder.pid}: "
-        "Operation not permitted\n"
+        f"wg-wrap-launcher: joining the namespaces of pidfd {pidfd}: Operation not permitted\n"
     )
 
 

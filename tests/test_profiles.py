@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Stage, User, as_user_argv, run_as_user, sidecars_of, user_env
-from peers import HTTP_PORT, Keys, WgWrapServer, client_config, free_udp_port, next_net
+from peers import HTTP_PORT, Keys, WgWrapServer, client_config, next_net, silent_udp_port
 
 pytestmark = pytest.mark.e2e
 
@@ -81,6 +82,43 @@ def tool(stage: Stage, test_user: User, user_runtime_dir: Path, user_tmp: Path) 
             os.kill(pid, signal.SIGKILL)
 
 
+class Command:
+    """A wrapped command started as ``sh -c 'echo $$; exec PROGRAM'``: its
+    first line says it runs inside, and its pid, which is held through a
+    pidfd from then on (it may outlive its wrapper; pids are reused)."""
+
+    SCRIPT = "echo $$; exec "
+
+    def __init__(self, wrapper: subprocess.Popen[str]) -> None:
+        assert wrapper.stdout is not None and wrapper.stderr is not None
+        ready, _, _ = select.select([wrapper.stdout], [], [], 30)
+        line = wrapper.stdout.readline() if ready else ""
+        if not line.strip().isdigit():
+            wrapper.kill()
+            pytest.fail(f"the command did not start: {line!r} {wrapper.stderr.read()!r}")
+        self.pid = int(line)
+        self.pidfd = os.pidfd_open(self.pid)
+
+    def wait_running(self, program: str, timeout: float = 10) -> None:
+        """Until the shell has become program (its exec)."""
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{self.pid}/comm").read_text().strip() != program:
+            assert time.monotonic() < deadline, f"{self.pid} never became {program}"
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL, and return once it has exited (at most 10 s); once."""
+        if self.pidfd < 0:
+            return
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        select.select([self.pidfd], [], [], 10)  # readable once it has exited
+        os.close(self.pidfd)
+        self.pidfd = -1
+
+
 def _get(url: str) -> tuple[str, ...]:
     return ("curl", "-sS", "--max-time", "10", url)
 
@@ -128,7 +166,7 @@ def test_up_exec_ls_status_down(server: WgWrapServer, tool: Tool) -> None:
 
 
 def test_up_times_out_cleanly_without_a_peer(tool: Tool) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     start = time.monotonic()
     up = tool("up", "--timeout", "2", "-c", str(conf))
     assert up.returncode == 1
@@ -139,7 +177,7 @@ def test_up_times_out_cleanly_without_a_peer(tool: Tool) -> None:
 
 
 def test_persistent_profile_stays_with_nothing_attached(tool: Tool) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     assert tool("exec", "wg0", "--", "true").returncode == 0
     time.sleep(2.5)  # longer than an ephemeral profile would last
@@ -150,14 +188,14 @@ def test_persistent_profile_stays_with_nothing_attached(tool: Tool) -> None:
 
 def test_run_joins_a_running_profile_and_refuses_another_config(tool: Tool) -> None:
     net = next_net()
-    conf = tool.conf(client_config(Keys(), net, free_udp_port()))
+    conf = tool.conf(client_config(Keys(), net, silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     inside = tool("exec", "wg0", "--", "readlink", "/proc/self/ns/net").stdout
     joined = tool("run", "-c", str(conf), "--", "readlink", "/proc/self/ns/net")
     assert joined.returncode == 0, joined.stderr
     assert joined.stdout == inside and inside.startswith("net:[")
     assert len(tool.sidecars()) == 1
-    other = tool.conf(client_config(Keys(), net, free_udp_port()), name="other.conf")
+    other = tool.conf(client_config(Keys(), net, silent_udp_port()), name="other.conf")
     clash = tool("run", "-n", "wg0", "-c", str(other), "--", "true")
     assert clash.returncode == 1
     assert "profile 'wg0' is running with a different config" in clash.stderr
@@ -165,13 +203,12 @@ def test_run_joins_a_running_profile_and_refuses_another_config(tool: Tool) -> N
 
 
 def test_down_refuses_while_attached_unless_forced(tool: Tool) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
-    sleeper = tool.popen("exec", "wg0", "--", "sleep", "30")
+    sleeper = tool.popen("exec", "wg0", "--", "sh", "-c", Command.SCRIPT + "sleep 30")
+    command = Command(sleeper)
     try:
-        deadline = time.monotonic() + 5
-        while "sleep" not in tool("status", "wg0").stdout and time.monotonic() < deadline:
-            time.sleep(0.1)
+        command.wait_running("sleep")
         refused = tool("down", "wg0")
         assert refused.returncode == 1
         assert "has 1 attached process" in refused.stderr and "(sleep)" in refused.stderr
@@ -180,35 +217,39 @@ def test_down_refuses_while_attached_unless_forced(tool: Tool) -> None:
         assert forced.returncode == 0, forced.stderr
         assert tool.wait_gone(2)
     finally:
-        sleeper.kill()
-        sleeper.communicate()
+        # The command outlives `down --force`; its wrapper ends with it.
+        command.kill()
+        sleeper.communicate(timeout=10)
 
 
 def test_ephemeral_profile_ends_2s_after_last_process_even_if_wrappers_are_killed(
     tool: Tool,
 ) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
-    # The command outlives its wrapper: it ends 3 s from now, on its own.
-    wrapper = tool.popen("run", "-c", str(conf), "--", "sh", "-c", "echo started; exec sleep 3")
-    assert wrapper.stdout is not None and wrapper.stdout.readline() == "started\n"
-    started = time.monotonic()
-    joiner = tool.popen("exec", "wg0", "--", "sleep", "30")
-    time.sleep(0.5)
-    for proc in (wrapper, joiner):
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()  # not communicate(): the orphaned commands still hold the pipes
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
-    # The joiner's sleep is orphaned inside: kill it (as a user would); the
-    # first command's sleep goes on until its 3 s are over.
-    killed = subprocess.run(["pkill", "-KILL", "-u", str(tool.user.uid), "-f", "-x", "sleep 30"],
-                            check=False)
-    assert killed.returncode == 0
-    assert len(tool.sidecars()) == 1, "the profile lives while a process is inside"
-    time.sleep(max(0.0, 3 - (time.monotonic() - started) - 0.3))
-    assert len(tool.sidecars()) == 1
-    assert tool.wait_gone(3 - (time.monotonic() - started) + 2), "not torn down within 2 s"
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
+    script = Command.SCRIPT + "sleep 60"
+    wrapper = tool.popen("run", "-c", str(conf), "--", "sh", "-c", script)
+    first = Command(wrapper)
+    joiner = tool.popen("exec", "wg0", "--", "sh", "-c", script)
+    joined = Command(joiner)
+    try:
+        for proc in (wrapper, joiner):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()  # not communicate(): the orphaned commands still hold the pipes
+            for stream in (proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+        # The joined command is orphaned inside: kill it, as a user would.
+        joined.kill()
+        # The first command is still inside: the profile stays, watched over
+        # five of the sidecar's checks (one each 200 ms).
+        watch_until = time.monotonic() + 1.0
+        while time.monotonic() < watch_until:
+            assert len(tool.sidecars()) == 1, "the profile lives while a process is inside"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        joined.kill()
+    assert tool.wait_gone(2), "not torn down within 2 s of the last process"
     assert tool("ls").stdout.splitlines()[1:] == []
 
 
@@ -273,7 +314,7 @@ def test_killed_sidecar_cuts_the_network_and_is_replaced(server: WgWrapServer, t
 
 
 def test_stale_state_never_blocks_a_start(tool: Tool) -> None:
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     stale = tool.state / "wg0"
     for path in (tool.state, stale):
         path.mkdir(mode=0o700, exist_ok=True)
@@ -295,7 +336,7 @@ def test_a_start_killed_half_way_is_stopped_and_replaced(tool: Tool) -> None:
     """The state of a start whose wrapper died before configuring the sidecar
     says ready = false: nothing joins it, and the next start stops that
     sidecar instead of leaving it running forever."""
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     (first,) = tool.sidecars()
     state = tool.state / "wg0" / "state.toml"
@@ -313,11 +354,13 @@ def test_a_start_killed_half_way_is_stopped_and_replaced(tool: Tool) -> None:
 def test_joining_never_imports_pyroute2(tool: Tool) -> None:
     """`exec`, and `run` on a profile that is up, only join: no pyroute2 (it
     costs ~110 ms to import), and `exec` not even the config parser."""
-    conf = tool.conf(client_config(Keys(), next_net(), free_udp_port()))
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     env = user_env(tool.runtime, {"PYTHONPROFILEIMPORTTIME": "1"})
     for args, absent in (
         (("exec", "wg0", "--", "true"), ("pyroute2", "wg_wrap.config", "argparse", "tomllib")),
+        (("exec", "wg0", "-v", "--", "true"),
+         ("pyroute2", "wg_wrap.config", "argparse", "tomllib")),
         (("run", "-c", str(conf), "--", "true"), ("pyroute2",)),
     ):
         result = run_as_user(tool.user, tool.stage.wg_wrap(*args), env=env)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Stage, User, as_user_argv, sidecars_of, user_env
-from peers import Keys, Net, client_config, free_udp_port
+from peers import Keys, Net, client_config, silent_udp_port
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ def _net() -> Net:
 @pytest.fixture
 def conf(test_user: User, user_tmp: Path) -> Path:
     path = user_tmp / "term.conf"
-    path.write_text(client_config(Keys(), _net(), free_udp_port(), dns=False))
+    path.write_text(client_config(Keys(), _net(), silent_udp_port(), dns=False))
     os.chown(path, test_user.uid, test_user.gid)
     path.chmod(0o600)
     return path

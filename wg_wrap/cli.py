@@ -106,8 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
             parser.exit()
 
     class _Parser(argparse.ArgumentParser):
+        # For `exec`: CMD is cut off the arguments before they are parsed.
+        cuts_command = False
+
         def error(self, message: str) -> None:  # type: ignore[override]
             raise UsageError(message, hint=f"see `{self.prog} --help`")
+
+        def parse_known_args(  # type: ignore[override]
+            self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+        ) -> tuple[argparse.Namespace, list[str]]:
+            if not self.cuts_command:
+                return super().parse_known_args(args, namespace)
+            head, command = split_exec_command(sys.argv[1:] if args is None else args)
+            parsed, extras = super().parse_known_args(head, namespace)
+            parsed.command = command
+            return parsed, extras
 
     parser = _Parser(
         prog=PROG, description=DESCRIPTION, epilog=RUN_EXAMPLES + MORE_EXAMPLES,
@@ -177,17 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     exec_ = sub.add_parser(
         "exec",
         help="run a command in a running profile",
-        description="Run CMD inside the running profile NAME (see `up`). wg-wrap exits with "
-        "CMD's status (128+N if CMD was killed by signal N).",
-        epilog="example:\n  wg-wrap exec wg0 -- curl https://example.com",
+        usage="%(prog)s [-h] [-v] NAME [-v] [[--] CMD [ARG...]]",
+        description="Run CMD inside the running profile NAME (see `up`). wg-wrap exits with\n"
+        "CMD's status (128+N if CMD was killed by signal N).\n\n"
+        "CMD starts after `--`, or at the first word after NAME that is not an option;\n"
+        "all that follows is CMD's own. Default CMD: your $SHELL.",
+        epilog="examples:\n  wg-wrap exec wg0 -- curl https://example.com\n"
+        "  wg-wrap exec wg0 -v -- firefox",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    exec_.cuts_command = True
     _completes(exec_.add_argument("name", metavar="NAME",
                                   help="profile name, e.g. wg0 (see `wg-wrap ls`)"),
                COMPLETE_PROFILE)
     exec_.add_argument("-v", "--verbose", action="store_true", help="trace each step")
-    exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
-                       help="the program to run inside, after `--` (default: your $SHELL)")
 
     down = sub.add_parser(
         "down", help="stop a profile",
@@ -242,21 +258,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_exec_command(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Cut ``exec``'s arguments into wg-wrap's own (options and NAME) and CMD.
+
+    ``exec`` has no option taking a value, so the cut needs no option table:
+    CMD starts after the first ``--``, or at the first word after NAME that
+    does not start with ``-``; everything from there on is CMD's, untouched
+    (``exec wg0 curl -v URL`` gives ``-v`` to curl).  A ``--`` before NAME
+    ends the options: NAME is the word after it.  Both the fast path and
+    argparse parse the first part; neither ever sees CMD.
+    """
+    name_seen = False
+    for i, word in enumerate(args):
+        if word == "--":
+            if name_seen:
+                return list(args[:i]), list(args[i + 1 :])
+            return list(args[: i + 2]), list(args[i + 2 :])
+        if word.startswith("-") and word != "-":
+            continue
+        if name_seen:
+            return list(args[:i]), list(args[i:])
+        name_seen = True
+    return list(args), []
+
+
 def _exec_fast_path(argv: list[str]) -> tuple[str, list[str], bool] | None:
-    """``exec [-v] NAME [--] CMD...`` parsed without argparse; None otherwise."""
+    """``exec`` parsed without argparse, for the usual shapes: the options
+    spelled ``-v`` or ``--verbose`` and a NAME not starting with ``-``, around
+    the cut of split_exec_command.  Anything else (``--help``, abbreviations,
+    typos, ``--`` before NAME) gives None, and argparse decides.  Wherever this
+    answers, argparse gives the same answer (a property test keeps it so)."""
     if not argv or argv[0] != "exec":
         return None
-    rest, verbose = argv[1:], False
-    while rest and rest[0] in ("-v", "--verbose"):
-        verbose, rest = True, rest[1:]
-    if not rest or rest[0].startswith("-"):
-        return None  # --help, a typo: argparse explains
-    name, command = rest[0], rest[1:]
-    if command and command[0] == "--":
-        command = command[1:]
-    elif command and command[0].startswith("-"):
+    head, command = split_exec_command(argv[1:])
+    name, verbose = None, False
+    for word in head:
+        if word in ("-v", "--verbose"):
+            verbose = True
+        elif word.startswith("-") or name is not None:
+            return None
+        else:
+            name = word
+    if name is None:
         return None
-    return name, command or [os.environ.get("SHELL") or "/bin/sh"], verbose
+    return name, command or [default_shell()], verbose
+
+
+def default_shell() -> str:
+    return os.environ.get("SHELL") or "/bin/sh"
 
 
 def _add_common(p: argparse.ArgumentParser, with_name: bool = True) -> None:
@@ -294,12 +343,16 @@ def _add_network(p: argparse.ArgumentParser) -> None:
 
 
 def _command(args: argparse.Namespace) -> list[str]:
+    """``run``'s CMD: argparse's remainder, without the ``--`` it keeps."""
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    if not command:
-        command = [os.environ.get("SHELL") or "/bin/sh"]
-    return command
+    return command or [default_shell()]
+
+
+def exec_request(args: argparse.Namespace) -> tuple[str, list[str], bool]:
+    """What ``exec`` was asked, as _exec_fast_path returns it."""
+    return args.name, list(args.command) or [default_shell()], args.verbose
 
 
 def _request(args: argparse.Namespace) -> session.Request:
@@ -316,7 +369,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.action == "exec":
         from wg_wrap import join
 
-        return join.exec_in(args.name, _command(args), args.verbose)
+        return join.exec_in(*exec_request(args))
     if args.action in ("ls", "status"):
         from wg_wrap import status
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from wg_wrap import keys
+from wg_wrap import keys, runtime
 from wg_wrap.errors import SetupError
 
 SERVER_IP, CLIENT_IP = "10.77.0.1", "10.77.0.2"
@@ -38,26 +37,30 @@ def say(message: str) -> None:
     print(f"wg-wrap demo: {message}", flush=True)
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+SERVER_PROFILE = "demo-server"
 
 
-def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
-    server_key, client_key = keys.generate_private_key(), keys.generate_private_key()
-    server = directory / "demo-server.conf"
-    client = directory / "demo-client.conf"
-    server.write_text(
+def _write_private(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def write_server_config(directory: Path, server_key: bytes, client_key: bytes) -> Path:
+    """No ListenPort: the server's host socket gets a free port, and keeps it."""
+    return _write_private(directory / f"{SERVER_PROFILE}.conf", (
         "[Interface]\n"
         f"PrivateKey = {keys.encode(server_key)}\n"
-        f"Address = {SERVER_IP}/24, fd77::1/64\n"
-        f"ListenPort = {port}\n\n"
+        f"Address = {SERVER_IP}/24, fd77::1/64\n\n"
         "[Peer]\n"
         f"PublicKey = {keys.encode(keys.public_key(client_key))}\n"
         f"AllowedIPs = {CLIENT_IP}/32, fd77::2/128\n"
-    )
-    client.write_text(
+    ))
+
+
+def write_client_config(directory: Path, client_key: bytes, server_key: bytes, port: int
+                        ) -> Path:
+    return _write_private(directory / "demo-client.conf", (
         "[Interface]\n"
         f"PrivateKey = {keys.encode(client_key)}\n"
         f"Address = {CLIENT_IP}/24, fd77::2/64\n\n"
@@ -65,10 +68,15 @@ def write_configs(directory: Path, port: int) -> tuple[Path, Path]:
         f"PublicKey = {keys.encode(keys.public_key(server_key))}\n"
         f"Endpoint = 127.0.0.1:{port}\n"
         "AllowedIPs = 0.0.0.0/0, ::/0\n"
-    )
-    for path in (server, client):
-        path.chmod(0o600)
-    return server, client
+    ))
+
+
+def _server_port() -> int:
+    """The port the running server's host socket is bound to (its state)."""
+    state = runtime.Profile.at(runtime.base_dir(create=False), SERVER_PROFILE).read_state()
+    if state is None or not state.listen_port:
+        raise SetupError("the demo server left no state", hint="run `wg-wrap demo -v`")
+    return state.listen_port
 
 
 def _wait_ready(server: subprocess.Popen[str]) -> None:
@@ -91,11 +99,11 @@ def main(verbose: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="wg-wrap-demo-"))
     server: subprocess.Popen[str] | None = None
     try:
-        port = _free_udp_port()
-        server_conf, client_conf = write_configs(workdir, port)
-        say(f"generated keys and two configs in {workdir}")
+        server_key, client_key = keys.generate_private_key(), keys.generate_private_key()
+        server_conf = write_server_config(workdir, server_key, client_key)
+        say(f"generated keys and the server's config in {workdir}")
         say(f"server: wg-wrap run -c {server_conf.name} --listen-address 127.0.0.1 "
-            f"-- python -m wg_wrap.demo_peer   (WireGuard on 127.0.0.1:{port}, "
+            f"-- python -m wg_wrap.demo_peer   (WireGuard on 127.0.0.1, a free port; "
             f"tunnel address {SERVER_IP})")
         server = subprocess.Popen(
             [*wg_wrap, "run", *extra, "-c", str(server_conf), "--listen-address", "127.0.0.1",
@@ -103,6 +111,9 @@ def main(verbose: bool = False) -> int:
             stdout=subprocess.PIPE, text=True,
         )
         _wait_ready(server)
+        port = _server_port()
+        client_conf = write_client_config(workdir, client_key, server_key, port)
+        say(f"the server listens on 127.0.0.1:{port}; the client's config says so")
         say(f"client: wg-wrap run -c {client_conf.name} -- python -c <fetch "
             f"http://{SERVER_IP}:{HTTP_PORT}/>   (AllowedIPs 0.0.0.0/0, ::/0: everything "
             "goes to the tunnel)")

@@ -93,7 +93,8 @@ class HostLayout:
 
 
 def mount_ops(generated: str, layout: HostLayout) -> list[str]:
-    """Launcher ``create`` operations installing ``generated`` as the resolver.
+    """Launcher ``create`` operations installing ``generated`` as the resolver
+    (one argument per path: a path may contain any character but NUL).
 
     Order matters on systemd-resolved hosts: /etc/resolv.conf is a symlink
     into /run/systemd/resolve, so hiding that directory breaks the link unless
@@ -112,8 +113,8 @@ def mount_ops(generated: str, layout: HostLayout) -> list[str]:
             if base not in names:
                 names.append(base)
         for name in names:
-            ops += ["--file", f"{generated}:{directory}/{name}"]
+            ops += ["--file", generated, f"{directory}/{name}"]
         placed = placed or os.path.dirname(layout.resolv_target) == directory
     if not placed:
-        ops += ["--bind", f"{generated}:{ETC_RESOLV}"]
+        ops += ["--bind", generated, ETC_RESOLV]
     return ops

@@ -312,6 +312,8 @@ def wait_for_handshake(
         client.set(uapi.encode_keepalive(quiet, 1))
         client.set(uapi.encode_keepalive(quiet, 0))
     targets = ", ".join(str(p.endpoint) for p in peers)
+    state = profile.read_state()
+    mine = state.public_key if state and state.public_key else "see `wg-wrap status`"
     print(f"wg-wrap: waiting for the handshake with {targets} ...", file=sys.stderr, flush=True)
     start = time.monotonic()
     deadline, reported = start + timeout, start - PROGRESS_INTERVAL
@@ -327,7 +329,7 @@ def wait_for_handshake(
     raise SetupError(
         f"no handshake with {targets} within {timeout:g} s",
         hint="check the Endpoint, the keys, and that the peer knows this client's public key "
-        f"({keys.encode(keys.public_key(cfg.interface.private_key))}); "
+        f"({mine}); "
         "--no-wait skips this check",
     )
 

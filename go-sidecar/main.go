@@ -158,12 +158,7 @@ func run(args []string, stderr io.Writer) int {
 	defer close(stop)
 	var unused <-chan struct{} // nil without --hold: never fires
 	if holdFile != nil {
-		// SIGUSR1: a wrapper just left, check now rather than at the next tick.
-		poke := make(chan os.Signal, 1)
-		signal.Notify(poke, unix.SIGUSR1)
-		unused = holdFile.Watch(holdInterval, poke, stop, logger.Errorf)
-	} else {
-		signal.Ignore(unix.SIGUSR1) // never let a stray poke kill a persistent profile
+		unused = holdFile.Watch(holdInterval, stop, logger.Errorf)
 	}
 
 	if opts.reresolvePath != "" {

@@ -222,33 +222,46 @@ def test_down_refuses_while_attached_unless_forced(tool: Tool) -> None:
         sleeper.communicate(timeout=10)
 
 
-def test_ephemeral_profile_ends_2s_after_last_process_even_if_wrappers_are_killed(
+# A daemon: it leaves its parent (which exits), its session and every
+# inherited descriptor, the profile's hold lock among them; only the
+# sidecar's scan of its namespace can still see it.
+DAEMON = """\
+import os, sys, time
+if os.fork():
+    sys.exit(0)
+os.setsid()
+print(os.getpid(), flush=True)
+os.closerange(0, 1 << 16)
+time.sleep(60)
+"""
+
+
+def test_ephemeral_profile_lives_while_any_process_is_inside_and_ends_2s_after_the_last(
     tool: Tool,
 ) -> None:
     conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
-    script = Command.SCRIPT + "sleep 60"
-    wrapper = tool.popen("run", "-c", str(conf), "--", "sh", "-c", script)
-    first = Command(wrapper)
-    joiner = tool.popen("exec", "wg0", "--", "sh", "-c", script)
-    joined = Command(joiner)
+    run = tool.popen("run", "-c", str(conf), "--", "sh", "-c", Command.SCRIPT + "sleep 60")
+    first = Command(run)
+    assert first.pid == run.pid  # wg-wrap became the command: nothing of ours beside it
+    daemon_start = tool.popen("exec", "wg0", "--", "python3", "-c", DAEMON)
+    daemon = Command(daemon_start)
+    assert daemon_start.wait(timeout=10) == 0
     try:
-        for proc in (wrapper, joiner):
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()  # not communicate(): the orphaned commands still hold the pipes
-            for stream in (proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
-        # The joined command is orphaned inside: kill it, as a user would.
-        joined.kill()
-        # The first command is still inside: the profile stays, watched over
-        # five of the sidecar's checks (one each 200 ms).
+        first.kill()  # the process `run` started; the daemon holds no lock
+        # The daemon is still inside: the profile stays, watched over five of
+        # the sidecar's checks (one each 200 ms).
         watch_until = time.monotonic() + 1.0
         while time.monotonic() < watch_until:
             assert len(tool.sidecars()) == 1, "the profile lives while a process is inside"
             time.sleep(0.05)
     finally:
         first.kill()
-        joined.kill()
+        daemon.kill()
+        for proc in (run, daemon_start):
+            proc.wait(timeout=10)
+            for stream in (proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
     assert tool.wait_gone(2), "not torn down within 2 s of the last process"
     assert tool("ls").stdout.splitlines()[1:] == []
 

@@ -1,12 +1,13 @@
 """End to end: the terminal and signals of `wg-wrap run`.
 
-`run_joined` (wg_wrap/launch.py) promises: the wrapped command stays in
-wg-wrap's process group and owns the terminal; signals the terminal sends
-reach it directly, once (not relayed a second time); signals sent to the
-wg-wrap process with kill are relayed; wg-wrap exits with the command's
-status (128+N when it was killed by signal N).  Each test runs the real tool
-as the unprivileged user, on a real pty where a terminal matters, and checks
-that nothing is left running or on disk afterwards.
+`exec_joined` (wg_wrap/launch.py) makes the wg-wrap process become the
+command (through wg-wrap-launcher join): the command is the very process the
+caller started, in its process group, owning the terminal; signals sent to
+wg-wrap, to its group or by the terminal reach the command once, from their
+sender (nothing relays them); wg-wrap's exit status is the command's (128+N
+when it was killed by signal N), as the shell sees it.  Each test runs the
+real tool as the unprivileged user, on a real pty where a terminal matters,
+and checks that nothing is left running or on disk afterwards.
 
 No peer is needed: the namespace, the sidecar and the join do not depend on
 a handshake.
@@ -38,8 +39,8 @@ _nets = itertools.count(90)
 SI_USER = 0  # kill(2)
 SI_KERNEL = 0x80  # sent by the kernel: what a terminal's ^C / ^\ produce
 CLEANUP_WAIT = 3.0
-# What launch.run_joined promises to relay (spelled out: a test of its own).
-RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+# Signals a wrapper used to relay: they reach the command itself now.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
            signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -190,8 +191,6 @@ SIGNAL_REPORTER = """\
 import os, signal, sys, time
 sig = signal.Signals[sys.argv[1]]
 signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
-if sys.argv[4:] == ["leave-group"]:
-    os.setpgid(0, 0)
 print("armed", flush=True)
 got = []
 deadline = time.monotonic() + float(sys.argv[3])
@@ -207,9 +206,9 @@ sys.exit(int(sys.argv[2]))
 """
 
 
-def _reporter(stage: Stage, signame: str, status: int, first_wait: float = 20,
-              *extra: str) -> tuple[str, ...]:
-    return (str(stage.python), "-c", SIGNAL_REPORTER, signame, str(status), str(first_wait), *extra)
+def _reporter(stage: Stage, signame: str, status: int, first_wait: float = 20
+              ) -> tuple[str, ...]:
+    return (str(stage.python), "-c", SIGNAL_REPORTER, signame, str(status), str(first_wait))
 
 
 def _report(text: str) -> list[str]:
@@ -236,16 +235,17 @@ def test_interactive_shell_on_a_pty_owns_the_terminal_and_returns_its_status(
     leftovers()
 
 
-def test_command_stays_in_wg_wraps_process_group_in_the_foreground(
+def test_the_command_is_the_wg_wrap_process_in_the_foreground(
     on_pty: Callable[..., OnPty], leftovers: Callable[[], None]
 ) -> None:
     cat = on_pty("cat", "/proc/self/stat")
     status = cat.finish()
     assert status == 0, cat.text
     wg_wrap_pid = cat.proc.pid  # session and group leader: setsid(1), then exec
+    pid = int(cat.text.strip().split(" ", 1)[0])
     fields = cat.text.strip().rsplit(")", 1)[1].split()
-    ppid, pgrp, session, tty_nr, tpgid = (int(f) for f in fields[1:6])
-    assert ppid == wg_wrap_pid  # the launcher exec'd the command
+    pgrp, session, tty_nr, tpgid = (int(f) for f in fields[2:6])
+    assert pid == wg_wrap_pid, "wg-wrap must become the command, nothing staying beside it"
     assert pgrp == wg_wrap_pid, "the command must stay in wg-wrap's process group"
     assert session == wg_wrap_pid
     assert tty_nr != 0, "the command must have the terminal as controlling terminal"
@@ -268,28 +268,10 @@ def test_terminal_signal_reaches_the_command_directly_once(
     command.expect(b"armed")
     command.write(key)
     status = command.finish()
-    # Sent by the terminal (SI_KERNEL), not by wg-wrap relaying it (SI_USER).
+    # Sent by the terminal (SI_KERNEL), nobody relaying a copy (SI_USER).
     expected = [f"got {signame} code={SI_KERNEL} pid=0", "count=1"]
     assert _report(command.text) == expected, command.text
     assert status == 3, command.text
-    leftovers()
-
-
-@TERMINAL_KEYS
-def test_terminal_signal_is_not_relayed_by_wg_wrap(
-    on_pty: Callable[..., OnPty], stage: Stage, leftovers: Callable[[], None],
-    key: bytes, signame: str,
-) -> None:
-    # The command leaves the foreground process group: the terminal's signal
-    # now reaches wg-wrap alone, so whatever the command gets was relayed.
-    # (When the command stays in the group, a relayed copy arriving while the
-    # terminal's is still pending merges with it and cannot be counted.)
-    command = on_pty(*_reporter(stage, signame, 4, 3.0, "leave-group"))
-    command.expect(b"armed")
-    command.write(key)
-    status = command.finish()
-    assert _report(command.text) == ["count=0"], command.text
-    assert status == 4, command.text  # and wg-wrap survived it, waiting for the command
     leftovers()
 
 
@@ -350,18 +332,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.communicate(timeout=10)
 
 
-def _relayed_once(
+def _received_once(
     stage: Stage, user: User, runtime_dir: Path, conf: Path, signame: str,
     send: Callable[[int, signal.Signals], None],
 ) -> None:
     """Start the reporter behind wg-wrap (off a terminal), signal wg-wrap with
-    send(pid, sig), and check the command got it once, from wg-wrap."""
+    send(pid, sig), and check the command got it once, from its sender."""
     proc = _start_piped(stage, user, runtime_dir, conf, *_reporter(stage, signame, 0, 5.0))
     try:
         out = _expect_armed(proc)
         # The leftover check after this looks for this sidecar: it must see it now.
         assert sidecars_of(user, runtime_dir), "the sidecar should be running"
-        # setpriv execs: the Popen pid is the wg-wrap Python process itself.
+        # setpriv execs, wg-wrap execs: the Popen pid is the command itself.
         send(proc.pid, signal.Signals[signame])
         out = read_until(proc.stdout.fileno(), None, 20, out)
         status = _wait(proc, 20)
@@ -369,18 +351,18 @@ def _relayed_once(
     finally:
         _stop(proc)
     text = out.decode(errors="replace")
-    # kill(2) from wg-wrap: SI_USER, and wg-wrap's pid as the sender.
-    assert _report(text) == [f"got {signame} code={SI_USER} pid={proc.pid}", "count=1"], (
+    # kill(2) from this test: SI_USER, with our pid as the sender.
+    assert _report(text) == [f"got {signame} code={SI_USER} pid={os.getpid()}", "count=1"], (
         text + err.decode(errors="replace"))
     assert status == 0
 
 
-@pytest.mark.parametrize("signame", [s.name for s in RELAYED])
-def test_signal_sent_to_wg_wrap_is_relayed_to_the_command_once(
+@pytest.mark.parametrize("signame", [s.name for s in SIGNALS])
+def test_signal_sent_to_wg_wrap_reaches_the_command_once(
     stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
     leftovers: Callable[[], None], signame: str,
 ) -> None:
-    _relayed_once(stage, test_user, user_runtime_dir, conf, signame, os.kill)
+    _received_once(stage, test_user, user_runtime_dir, conf, signame, os.kill)
     leftovers()
 
 
@@ -389,28 +371,28 @@ def test_signal_sent_to_wg_wraps_whole_group_reaches_the_command_once(
     stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
     leftovers: Callable[[], None], signame: str,
 ) -> None:
-    """`timeout`, systemd and `kill -TERM -PGID` signal a whole process group.
-    Off a terminal the command has a group of its own, so it gets the signal
-    once, relayed by wg-wrap, not once directly and once relayed."""
+    """`timeout`, systemd and `kill -TERM -PGID` signal a whole process group:
+    the command gets the signal once (a wrapper relaying it would have made
+    that twice)."""
     # wg-wrap leads its own session and group here (start_new_session).
-    _relayed_once(stage, test_user, user_runtime_dir, conf, signame, os.killpg)
+    _received_once(stage, test_user, user_runtime_dir, conf, signame, os.killpg)
     leftovers()
 
 
-@pytest.mark.parametrize(
-    ("signame", "status"), [("SIGHUP", 129), ("SIGTERM", 143), ("SIGUSR1", 138)]
-)
-def test_untrapped_command_killed_by_relayed_signal_gives_128_plus_n(
+@pytest.mark.parametrize("signame", ["SIGHUP", "SIGTERM", "SIGUSR1"])
+def test_untrapped_command_killed_by_a_signal_is_what_the_caller_sees(
     stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
-    leftovers: Callable[[], None], signame: str, status: int,
+    leftovers: Callable[[], None], signame: str,
 ) -> None:
+    """The process the caller started is the command: killed by signal N, it
+    is reported so to its parent (a shell shows 128+N)."""
     proc = _start_piped(stage, test_user, user_runtime_dir, conf,
                         "sh", "-c", "echo armed; exec sleep 30")
     started = time.monotonic()
     try:
         _expect_armed(proc)
         os.kill(proc.pid, signal.Signals[signame])
-        assert _wait(proc, 10) == status
+        assert _wait(proc, 10) == -signal.Signals[signame]
     finally:
         _stop(proc)
     assert time.monotonic() - started < 20, "the command was not killed: sleep ran out"

@@ -93,6 +93,17 @@ def _wait_ready(server: subprocess.Popen[str]) -> None:
     raise SetupError("the demo server did not start", hint="run `wg-wrap demo -v` to see why")
 
 
+def _wait_ended(names: tuple[str, ...], timeout: float = 5.0) -> None:
+    """Until both profiles are gone: an ephemeral sidecar ends (and removes
+    its runtime directory) within ~200 ms of its last program."""
+    base = runtime.base_dir(create=False)
+    deadline = time.monotonic() + timeout
+    while any(p.name in names for p in runtime.list_profiles(base)):
+        if time.monotonic() > deadline:
+            raise SetupError("the demo's profiles did not end", hint="`wg-wrap ls` shows them")
+        time.sleep(0.05)
+
+
 def main(verbose: bool = False) -> int:
     wg_wrap = [sys.executable, "-m", "wg_wrap"]
     extra = ["-v"] if verbose else []
@@ -134,6 +145,7 @@ def main(verbose: bool = False) -> int:
             if server.stdout:
                 server.stdout.close()
         shutil.rmtree(workdir, ignore_errors=True)
+    _wait_ended((SERVER_PROFILE, "demo-client"))
     say("stopped the server and removed the keys: nothing is left running")
     report = dict(line.split(": ", 1) for line in client.stdout.splitlines() if ": " in line)
     body = report.get("body", "")

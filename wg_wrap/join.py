@@ -17,12 +17,9 @@ from wg_wrap.runtime import Profile, State
 TYPE_CHECKING = False  # not `from typing import`: typing is slow to import
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import NoReturn
 
     from wg_wrap.launch import Sidecar
-
-# How long the last wrapper waits for an ephemeral sidecar to notice it is
-# alone (it checks every 200 ms) and clean up after itself.
-EPHEMERAL_EXIT_WAIT = 1.5
 
 
 def trace(verbose: bool, message: str) -> None:
@@ -87,24 +84,6 @@ def attach_running(profile: Profile, state: State | None = None) -> Attached | N
     return Attached(profile, sidecar, hold_fd, mode)
 
 
-def finish(attached: Attached, verbose: bool) -> None:
-    """Let go of a profile; clean up after an ephemeral sidecar that left."""
-    attached.release()
-    sidecar = attached.sidecar
-    try:
-        if attached.mode == "ephemeral":
-            sidecar.poke()  # check now whether we were the last one
-        if attached.mode == "ephemeral" and sidecar.exited(EPHEMERAL_EXIT_WAIT):
-            base = os.path.dirname(attached.profile.dir)
-            with runtime.locked(base):
-                state = attached.profile.read_state()
-                if state is None or state.sidecar_pid == sidecar.pid:
-                    trace(verbose, f"profile {attached.profile.name} ended; removing its state")
-                    attached.profile.remove_dir()
-    finally:
-        sidecar.close()
-
-
 def not_running(name: str) -> ProfileError:
     return ProfileError(
         f"profile {name!r} is not running",
@@ -112,8 +91,8 @@ def not_running(name: str) -> ProfileError:
     )
 
 
-def exec_in(name: str, command: Sequence[str], verbose: bool = False) -> int:
-    """``wg-wrap exec NAME -- CMD``: run CMD in a running profile."""
+def exec_in(name: str, command: Sequence[str], verbose: bool = False) -> NoReturn:
+    """``wg-wrap exec NAME -- CMD``: become CMD in a running profile."""
     runtime.check_profile_name(name)
     base = runtime.base_dir(create=False)
     if not os.path.exists(base):
@@ -124,7 +103,4 @@ def exec_in(name: str, command: Sequence[str], verbose: bool = False) -> int:
     if attached is None:
         raise not_running(name)
     trace(verbose, f"wg-wrap-launcher join -- {' '.join(command)}")
-    try:
-        return launch.run_joined(attached.sidecar, command, attached.hold_fd)
-    finally:
-        finish(attached, verbose)
+    launch.exec_joined(attached.sidecar, command, attached.hold_fd)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the join path imports this module: keep it light
     import socket
     import subprocess
     from collections.abc import Sequence
+    from typing import NoReturn
 else:
     # The C module behind `signal`, without its enum wrappers: same functions
     # and constants (as plain ints), 3 ms less to import on the join path.
@@ -53,12 +54,13 @@ class Sidecar:
             self.process.wait()  # reap: a zombie still shows up in /proc
         return bool(ready)
 
-    def poke(self) -> None:
-        """Ask an ephemeral sidecar to check now whether it is still used."""
+    def kill(self) -> None:
+        """SIGKILL, and wait for it to end."""
         try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGUSR1)
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self.exited(READY_TIMEOUT)
 
     def stop(self, grace: float = 3.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds."""
@@ -67,11 +69,7 @@ class Sidecar:
         except ProcessLookupError:
             pass
         if not self.exited(grace):
-            try:
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.exited(grace)
+            self.kill()
 
 
 def open_sidecar(pid: int, start_time: int) -> Sidecar | None:
@@ -102,23 +100,23 @@ def start_sidecar(
     ephemeral: bool,
     verbose: bool,
     dns_socket: socket.socket | None = None,
+    detach: bool = False,
 ) -> Sidecar:
     """Create the namespaces and the sidecar in them; return once it is ready.
 
     The host socket is handed over and closed here: its O_NONBLOCK flag lives
     on the shared file description, which from now on is the sidecar's.  So is
     ``dns_socket``, given when the profile's plan for re-resolving endpoint
-    names is in its directory.
+    names is in its directory.  ``detach``: this process is about to become
+    the user's program (``run``), so the sidecar must not be its child.
     """
-    import subprocess
-
     sidecar_argv = [
         paths.sidecar(), "--uapi", profile.uapi_path,
         "--ifname", ifname, "--mtu", str(mtu),
     ]
     if ephemeral:
-        # It removes the runtime directory itself when it ends, in case every
-        # wrapper was killed and nobody else is left to.
+        # It removes the runtime directory itself when it ends: no process of
+        # ours stays beside the programs to do it.
         sidecar_argv += ["--hold", profile.hold_path, "--state-dir", profile.dir]
     passed = [host_socket]
     if dns_socket is not None:
@@ -138,44 +136,87 @@ def start_sidecar(
         env["WG_WRAP_HOST_DNS_FD"] = str(dns_socket.fileno())
     log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        process = subprocess.Popen(
-            argv,
-            pass_fds=(*(s.fileno() for s in passed), ready_w),
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=log_fd,
-            env=env,
-            start_new_session=True,  # no terminal signals: Ctrl-C is for the command
-        )
+        fds = (*(s.fileno() for s in passed), ready_w)
+        sidecar = (_spawn_detached if detach else _spawn_child)(argv, env, fds, log_fd)
     except OSError as e:
         os.close(ready_r)
-        raise SetupError(f"starting {argv[0]}: {e.strerror}") from e
+        raise SetupError(f"starting {argv[0]}: {e.strerror or e}") from e
     finally:
         os.close(ready_w)
         os.close(log_fd)
         for sock in passed:
             sock.close()
     try:
-        _wait_ready(ready_r, process, profile.log_path, verbose)
+        _wait_ready(ready_r, sidecar, profile.log_path, verbose)
+    except BaseException:
+        sidecar.close()
+        raise
     finally:
         os.close(ready_r)
-    start_time = process_start_time(process.pid)
-    if start_time is None:
-        raise SetupError(
-            "the sidecar exited right after starting", hint=_failure_hint("", verbose)
-        )
-    return Sidecar(process.pid, start_time, os.pidfd_open(process.pid), process)
+    return sidecar
 
 
-def _wait_ready(fd: int, process: subprocess.Popen[bytes], log_path: str, verbose: bool) -> None:
+def _spawn_child(argv: list[str], env: dict[str, str], fds: Sequence[int], log_fd: int) -> Sidecar:
+    """The sidecar as our child: its exit status is ours to read."""
+    import subprocess
+
+    process = subprocess.Popen(
+        argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, env=env,
+        start_new_session=True,  # no terminal signals: Ctrl-C is for the command
+    )
+    return Sidecar(process.pid, process_start_time(process.pid) or 0,
+                   os.pidfd_open(process.pid), process)
+
+
+def _spawn_detached(
+    argv: list[str], env: dict[str, str], fds: Sequence[int], log_fd: int
+) -> Sidecar:
+    """The sidecar as a grandchild, in a session of its own: once this process
+    has become the user's program, the sidecar is not that program's child
+    (a program that reaps every child, or counts them, never sees it)."""
+    report_r, report_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the intermediate: spawn, report, vanish
+        status = 1
+        try:
+            for fd in fds:
+                os.set_inheritable(fd, True)
+            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            pid = os.posix_spawn(argv[0], argv, env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ])
+            os.write(report_w, f"{pid} {process_start_time(pid) or 0}".encode())
+            status = 0
+        except OSError as e:
+            os.write(report_w, f"error {e.errno}".encode())
+        finally:
+            os._exit(status)
+    os.close(report_w)
+    try:
+        report = os.read(report_r, 64).decode().split()
+    finally:
+        os.close(report_r)
+        os.waitpid(child, 0)
+    if len(report) != 2 or report[0] == "error":
+        code = int(report[1]) if len(report) == 2 and report[1].isdigit() else 0
+        raise OSError(code, os.strerror(code) if code else "the spawner failed")
+    pid, start_time = int(report[0]), int(report[1])
+    pidfd = os.pidfd_open(pid)
+    if process_start_time(pid) != start_time:  # it already ended, and its pid was reused
+        os.close(pidfd)
+        raise OSError(0, "the sidecar ended at once")
+    return Sidecar(pid, start_time, pidfd)
+
+
+def _wait_ready(fd: int, sidecar: Sidecar, log_path: str, verbose: bool) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     data = b""
     while b"\n" not in data:
         left = deadline - time.monotonic()
         ready, _, _ = select.select([fd], [], [], max(left, 0))
         if not ready:
-            process.kill()
-            process.wait()
+            sidecar.kill()
             _show_log(log_path, verbose)
             raise SetupError(
                 f"the sidecar did not become ready within {READY_TIMEOUT:.0f} s",
@@ -188,7 +229,7 @@ def _wait_ready(fd: int, process: subprocess.Popen[bytes], log_path: str, verbos
     line = data.decode(errors="replace").strip()
     if line == "READY":
         return
-    process.wait()
+    sidecar.exited(READY_TIMEOUT)  # it is on its way out
     _show_log(log_path, verbose)
     last = last_log_lines(log_path, 1)
     reason = line.removeprefix("ERROR ").strip() if line else "".join(last)
@@ -228,75 +269,27 @@ def join_argv(sidecar: Sidecar, command: Sequence[str]) -> list[str]:
             str(sidecar.pidfd), "--", *command]
 
 
-RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-           signal.SIGUSR1, signal.SIGUSR2)
-SI_KERNEL = 0x80
+def exec_joined(sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1) -> NoReturn:
+    """Become ``command`` inside the profile: this process turns into
+    wg-wrap-launcher join, which enters the namespaces and turns into the
+    command.  Nothing of ours stays beside it, so its exit status, signals,
+    the terminal and job control are the kernel's own, as for any program.
 
-
-def _foreground_on_terminal() -> bool:
-    try:
-        return os.tcgetpgrp(0) == os.getpgrp()
-    except OSError:  # not a terminal, or not ours
-        return False
-
-
-def run_joined(sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1) -> int:
-    """Run command inside the profile; return its exit status (128+N if killed).
-
-    On a terminal where we are the foreground job, the command stays in our
-    process group, so it owns the terminal like any foreground program: the
-    signals the terminal sends (si_code SI_KERNEL) reach it directly and are
-    not relayed, or it would get them twice.  Anywhere else (pipes, systemd,
-    ``timeout``) it gets a process group of its own, so a signal sent to our
-    whole group reaches it once, through us.  Signals sent to us with
-    ``kill`` are relayed either way.
-
-    ``posix_spawn`` rather than ``subprocess``: this is the join path, and
-    importing subprocess costs more than spawning.
-
-    The command inherits ``hold_fd`` (the profile's shared hold lock): the
-    lock then stays held while any of its descendants keeps the fd, even
-    those the sidecar cannot see in /proc (sandboxes that make themselves
-    non-dumpable hide their namespace links).
+    The command inherits ``hold_fd`` (the profile's shared hold lock): an
+    ephemeral profile lives while any process inside, or any holder of that
+    lock, is left (sandboxes that make themselves non-dumpable hide their
+    namespace links from the sidecar's /proc scan, not their locks).
     """
-    watched = {*RELAYED, signal.SIGCHLD}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    try:
-        inherited = [fd for fd in (sidecar.pidfd, hold_fd) if fd >= 0]
-        for fd in inherited:
+    argv = join_argv(sidecar, command)
+    for fd in (sidecar.pidfd, hold_fd):
+        if fd >= 0:
             os.set_inheritable(fd, True)
-        argv = join_argv(sidecar, command)
-        # Python ignores SIGPIPE (and SIGXFSZ); programs expect the default.
-        defaults = (signal.SIGPIPE, signal.SIGXFSZ)
-        try:
-            if _foreground_on_terminal():
-                pid = os.posix_spawn(
-                    argv[0], argv, os.environ, setsigmask=old_mask, setsigdef=defaults
-                )
-            else:  # setpgroup=None is only accepted from Python 3.15 on
-                pid = os.posix_spawn(
-                    argv[0], argv, os.environ, setpgroup=0, setsigmask=old_mask,
-                    setsigdef=defaults,
-                )
-        except OSError as e:
-            raise SetupError(f"starting {argv[0]}: {e.strerror}") from e
-        finally:
-            for fd in inherited:
-                os.set_inheritable(fd, False)
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            info = signal.sigtimedwait(watched, 1.0)
-            if info is None or info.si_signo == signal.SIGCHLD:
-                continue
-            if info.si_code != SI_KERNEL:
-                try:
-                    os.kill(pid, info.si_signo)
-                except ProcessLookupError:
-                    pass
-    finally:
-        while signal.sigtimedwait(watched, 0) is not None:
-            pass  # already dealt with: don't let them hit us once unblocked
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored
+    # across exec: programs expect the default.
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    try:
+        os.execv(argv[0], argv)
+    except OSError as e:
+        raise SetupError(f"starting {argv[0]}: {e.strerror}") from e

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 from wg_wrap import config as wgconfig
 from wg_wrap import dns, hostnet, keys, launch, netns, notify, runtime, uapi, version
 from wg_wrap.errors import ProfileError, SetupError, UsageError
-from wg_wrap.join import Attached, attach_running, finish, not_running, take_hold, trace
+from wg_wrap.join import Attached, attach_running, not_running, take_hold, trace
 from wg_wrap.runtime import Profile, State
 
 DEFAULT_MTU = 1420
@@ -210,7 +211,7 @@ def start_profile(
         sidecar = launch.start_sidecar(
             profile, host_socket, mount_ops,
             ifname=IFNAME, mtu=mtu, ephemeral=(mode == "ephemeral"), verbose=verbose,
-            dns_socket=dns_socket,
+            dns_socket=dns_socket, detach=(mode == "ephemeral"),
         )
         undo.callback(sidecar.close)
         undo.callback(sidecar.stop)
@@ -504,15 +505,13 @@ def down(name: str, force: bool = False, verbose: bool = False) -> str:
     return f"profile {name} stopped"
 
 
-def run(request: Request, command: Sequence[str]) -> int:
+def run(request: Request, command: Sequence[str]) -> NoReturn:
+    """``wg-wrap run``: become the command in the profile, started if need be."""
     attached = join_by_name(request)
     if attached is None:
         request, cfg = load(request)
         attached = acquire(request, cfg, "ephemeral")
-    try:
-        trace(request.verbose, f"wg-wrap-launcher join -- {' '.join(command)}")
-        return launch.run_joined(attached.sidecar, command, attached.hold_fd)
-    finally:
-        finish(attached, request.verbose)
+    trace(request.verbose, f"wg-wrap-launcher join -- {' '.join(command)}")
+    launch.exec_joined(attached.sidecar, command, attached.hold_fd)
 
 

@@ -12,7 +12,6 @@ from wg_wrap import keys, launch, runtime, uapi
 from wg_wrap.errors import UAPIError
 from wg_wrap.runtime import Profile, State
 
-
 # How long `ls` and `status` wait for a sidecar's answer: a stopped or hung
 # one is shown as such instead of holding everything up.
 UAPI_TIMEOUT = 0.5

@@ -1,11 +1,12 @@
 // Package hold decides when an ephemeral wg-wrap profile is no longer used.
 //
-// Every wrapper attached to the profile holds a shared flock on the profile's
-// hold file for as long as it runs; the kernel drops the lock when the wrapper
-// exits, however it exits. The sidecar polls for an exclusive lock: getting
-// it means no wrapper is left. Wrapped programs may outlive their wrapper
-// (daemons, double forks), so before giving up the sidecar also looks for any
-// other process still inside its network namespace.
+// Every program joined to the profile inherits a shared flock on the
+// profile's hold file, and so do its children; the kernel drops the lock when
+// the last of them closes it, however they end. The sidecar polls for an
+// exclusive lock: getting it means no holder is left. Programs may close
+// their inherited descriptors (daemons do), so before giving up the sidecar
+// also looks for any other process still inside its network namespace.
+// The package also looks after a profile whose sidecar died (aftercare.go).
 package hold
 
 import (
@@ -49,9 +50,9 @@ func Open(path string) (*Hold, error) {
 // Close closes the hold file, dropping the lock if held.
 func (h *Hold) Close() error { return h.file.Close() }
 
-// Unused reports whether the profile is unused: no wrapper holds the file
+// Unused reports whether the profile is unused: no holder (joined program) holds the file
 // and no other process is in the namespace. When it returns true the
-// exclusive lock stays held, so that a wrapper arriving now blocks on its
+// exclusive lock stays held, so that a joiner arriving now blocks on its
 // shared lock until the sidecar has exited rather than joining a namespace
 // that is being torn down.
 func (h *Hold) Unused() (bool, error) {
@@ -72,12 +73,10 @@ func (h *Hold) Unused() (bool, error) {
 	return true, nil
 }
 
-// Watch checks Unused every interval, and at once on each value from poke
-// (the last wrapper to leave sends SIGUSR1, so an ended profile need not
-// wait for the next tick), until it is true (then it closes the returned
-// channel) or stop is closed. Errors are passed to logf and the check is
+// Watch checks Unused every interval until it is true (then it closes the
+// returned channel) or stop is closed. Errors are passed to logf and the check is
 // retried at the next tick.
-func (h *Hold) Watch(interval time.Duration, poke <-chan os.Signal, stop <-chan struct{}, logf func(string, ...any)) <-chan struct{} {
+func (h *Hold) Watch(interval time.Duration, stop <-chan struct{}, logf func(string, ...any)) <-chan struct{} {
 	unused := make(chan struct{})
 	go func() {
 		ticker := time.NewTicker(interval)
@@ -87,7 +86,6 @@ func (h *Hold) Watch(interval time.Duration, poke <-chan os.Signal, stop <-chan 
 			case <-stop:
 				return
 			case <-ticker.C:
-			case <-poke:
 			}
 			done, err := h.Unused()
 			if err != nil {

@@ -111,7 +111,7 @@ func holdFile(t *testing.T) string {
 	return path
 }
 
-// wrapperLock takes a shared lock the way an attached wrapper does.
+// wrapperLock takes a shared lock the way a joined program holds it.
 func wrapperLock(t *testing.T, path string) *os.File {
 	t.Helper()
 	f, err := os.Open(path)
@@ -158,15 +158,15 @@ func TestHeldWhileAWrapperHoldsTheLock(t *testing.T) {
 	h := openHold(t, path, false)
 	w := wrapperLock(t, path)
 	if unused, err := h.Unused(); err != nil || unused {
-		t.Fatalf("Unused = %v, %v with a wrapper attached", unused, err)
+		t.Fatalf("Unused = %v, %v with a program attached", unused, err)
 	}
-	w.Close() // the wrapper exits
+	w.Close() // the program exits
 	if unused, err := h.Unused(); err != nil || !unused {
-		t.Fatalf("Unused = %v, %v after the last wrapper left", unused, err)
+		t.Fatalf("Unused = %v, %v after the last program left", unused, err)
 	}
-	// The exclusive lock is kept: a new wrapper must wait for the sidecar to go.
+	// The exclusive lock is kept: a new joiner must wait for the sidecar to go.
 	if canLockShared(t, path) {
-		t.Fatal("a wrapper could attach to a profile being torn down")
+		t.Fatal("a program could attach to a profile being torn down")
 	}
 }
 
@@ -194,7 +194,7 @@ func TestWatchSignalsWhenUnused(t *testing.T) {
 	w := wrapperLock(t, path)
 	stop := make(chan struct{})
 	defer close(stop)
-	unused := h.Watch(10*time.Millisecond, nil, stop, t.Logf)
+	unused := h.Watch(10*time.Millisecond, stop, t.Logf)
 	select {
 	case <-unused:
 		t.Fatal("Watch fired while a wrapper was attached")
@@ -205,22 +205,5 @@ func TestWatchSignalsWhenUnused(t *testing.T) {
 	case <-unused:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Watch did not fire after the wrapper left")
-	}
-}
-
-func TestWatchChecksAtOnceWhenPoked(t *testing.T) {
-	path := holdFile(t)
-	h := openHold(t, path, false)
-	w := wrapperLock(t, path)
-	stop := make(chan struct{})
-	defer close(stop)
-	poke := make(chan os.Signal, 1)
-	unused := h.Watch(time.Hour, poke, stop, t.Logf) // the ticker never fires here
-	w.Close()
-	poke <- unix.SIGUSR1
-	select {
-	case <-unused:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Watch did not check when poked")
 	}
 }

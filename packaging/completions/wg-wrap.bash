@@ -43,7 +43,6 @@ _shtab_wg_wrap_up__v_nargs=0
 _shtab_wg_wrap_up___verbose_nargs=0
 _shtab_wg_wrap_up___no_wait_nargs=0
 _shtab_wg_wrap_up___foreground_nargs=0
-_shtab_wg_wrap_exec_pos_1_nargs=...
 _shtab_wg_wrap_exec__h_nargs=0
 _shtab_wg_wrap_exec___help_nargs=0
 _shtab_wg_wrap_exec__v_nargs=0

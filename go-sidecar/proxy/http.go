@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strings"
+	"sync"
 	"time"
 
 	"wg-wrap/go-sidecar/forward"
@@ -24,7 +25,9 @@ type HTTP struct {
 	Dial DialFunc     // nil: net.Dialer with DialTimeout
 	Logf func(format string, args ...any)
 
+	mu        sync.Mutex // guards server and closed
 	server    *http.Server
+	closed    bool
 	forwarder *httputil.ReverseProxy
 	transport *http.Transport
 	group     forward.Group // tunnels made by CONNECT, which the server no longer tracks
@@ -59,13 +62,22 @@ func (p *HTTP) Serve(l *net.TCPListener) error {
 		ErrorHandler: p.badGateway,
 		ErrorLog:     log.New(io.Discard, "", 0),
 	}
-	p.server = &http.Server{
+	server := &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: HandshakeTimeout,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
-	err := p.server.Serve(l)
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	p.server = server
+	p.mu.Unlock()
+	err := server.Serve(l) // returns at once if Close came in between
+	p.transport.CloseIdleConnections()
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -74,10 +86,13 @@ func (p *HTTP) Serve(l *net.TCPListener) error {
 
 // Close stops the proxy and ends every connection.
 func (p *HTTP) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	server := p.server
+	p.mu.Unlock()
 	var err error
-	if p.server != nil {
-		err = p.server.Close()
-		p.transport.CloseIdleConnections()
+	if server != nil {
+		err = server.Close()
 	}
 	p.group.Close()
 	return err

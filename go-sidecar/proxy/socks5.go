@@ -49,8 +49,11 @@ type SOCKS5 struct {
 // error that stopped it. It may be called once.
 func (s *SOCKS5) Serve(l *net.TCPListener) error {
 	s.setDefaults()
-	if !s.group.Add(l) {
+	if !s.group.Add(l) { // closed before it started
 		l.Close()
+		if s.Relay != nil {
+			s.Relay.Close()
+		}
 		return nil
 	}
 	if s.Relay != nil {

@@ -62,6 +62,8 @@ def _ip_text(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
+    from wg_wrap import cli_reach
+
     class _VersionAction(argparse.Action):
         def __init__(self, option_strings: list[str], dest: str, **kw: object) -> None:
             super().__init__(option_strings, dest, nargs=0, **kw)  # type: ignore[arg-type]
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(run)
     _add_network(run)
+    cli_reach.add_options(run)
     run.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
         help="the program to run inside, after `--` (default: your $SHELL)",
@@ -122,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wg-quick configuration file, e.g. -c ~/vpn/wg0.conf")
     _add_common(up)
     _add_network(up)
+    cli_reach.add_options(up)
     up.add_argument("--no-wait", action="store_true",
                     help="return at once instead of waiting for the first handshake "
                     "(e.g. for a server, or a peer that is not up yet)")
@@ -174,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a TUN device inside them, the runtime directory, the host's resolver and IPv6; "
         "prints a fix for each problem. Exit status 1 if anything needed is missing.",
     )
+
+    cli_reach.add_commands(sub, _add_common, _add_network)
 
     demo = sub.add_parser(
         "demo",
@@ -241,11 +247,12 @@ def _command(args: argparse.Namespace) -> list[str]:
 
 
 def _request(args: argparse.Namespace) -> session.Request:
-    from wg_wrap import session
+    from wg_wrap import cli_reach, session
 
     return session.Request(
         config_path=args.config, name=args.name, dns=tuple(args.dns),
         listen_address=args.listen_address, verbose=args.verbose,
+        reach=cli_reach.reach_request(args),
     )
 
 
@@ -260,6 +267,11 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.action == "ls":
             return status.show_list()
         return status.show(args.name, as_json=args.json)
+    from wg_wrap import cli_reach
+
+    done = cli_reach.dispatch(args, lambda: _request(args))
+    if done is not None:
+        return done
     if args.action == "doctor":
         from wg_wrap import doctor
 

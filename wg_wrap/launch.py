@@ -109,7 +109,7 @@ def start_sidecar(
     import subprocess
 
     sidecar_argv = [
-        paths.sidecar(), "--uapi", profile.uapi_path,
+        paths.sidecar(), "--uapi", profile.uapi_path, "--control", profile.control_path,
         "--ifname", ifname, "--mtu", str(mtu),
     ]
     if ephemeral:

@@ -33,6 +33,7 @@ UAPI_SOCKET = "uapi.sock"
 RESOLV_CONF = "resolv.conf"
 SIDECAR_LOG = "sidecar.log"
 HOLD_FILE = "hold"
+CONTROL_SOCKET = "control.sock"
 
 
 def check_profile_name(name: str) -> str:
@@ -115,7 +116,7 @@ class State:
     FIELDS = (
         "name", "mode", "sidecar_pid", "sidecar_start", "config_path", "config_digest",
         "ifname", "created_at", "addresses", "dns", "mtu", "endpoints", "public_key",
-        "listen_port", "ready",
+        "listen_port", "ready", "published", "socks", "socks_udp", "http_proxy", "proxy_auth",
     )
 
     def __init__(
@@ -135,6 +136,13 @@ class State:
         public_key: str = "",
         listen_port: int = 0,
         ready: bool = True,  # False from the sidecar's start until it is configured
+        # What the host reaches inside through (wg_wrap.publish): published
+        # ports as "ADDR:HOSTPORT:PORT/PROTO", the proxies' "ADDR:PORT".
+        published: list[str] | None = None,
+        socks: str = "",
+        socks_udp: str = "",
+        http_proxy: str = "",
+        proxy_auth: bool = False,
     ) -> None:
         self.name = name
         self.mode = mode
@@ -151,6 +159,11 @@ class State:
         self.public_key = public_key
         self.listen_port = listen_port
         self.ready = ready
+        self.published = published or []
+        self.socks = socks
+        self.socks_udp = socks_udp
+        self.http_proxy = http_proxy
+        self.proxy_auth = proxy_auth
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -196,6 +209,10 @@ class Profile:
     @property
     def hold_path(self) -> str:
         return os.path.join(self.dir, HOLD_FILE)
+
+    @property
+    def control_path(self) -> str:
+        return os.path.join(self.dir, CONTROL_SOCKET)
 
     def create_dir(self) -> None:
         try:

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User
-from peers import HTTP_PORT, WgWrapServer
+from conftest import Stage, User, need_interop_tools
+from peers import HTTP_PORT, Server, StockServer, WgWrapServer, next_net
 from reachkit import SERVICE, Tool, connect, published_port, read_all
 
 pytestmark = pytest.mark.e2e
@@ -35,11 +35,24 @@ def tool(stage: Stage, test_user: User, user_runtime_dir: Path, user_tmp: Path) 
         t.cleanup()
 
 
+@pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
+def server(request: pytest.FixtureRequest, stage: Stage, test_user: User) -> Iterator[Server]:
+    if request.param == "wg-wrap":
+        yield request.getfixturevalue("wgwrap_server")
+    else:
+        need_interop_tools()
+        srv = StockServer(stage, next_net())
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
 @pytest.fixture
-def published(wgwrap_server: WgWrapServer, tool: Tool) -> dict[str, object]:
+def published(server: Server, tool: Tool) -> dict[str, object]:
     """A persistent profile publishing five ports, with a service inside
     listening on 127.0.0.1, ::1 and all addresses."""
-    conf = tool.file("reach.conf", wgwrap_server.client_config())
+    conf = tool.file("reach.conf", server.client_config())
     up = tool(
         "up", "-c", str(conf),
         "-p", f"0:{ECHO4}", "-p", f"[::1]:0:{ECHO6}", "-p", f"127.0.0.1:0:{ECHO_ANY}",
@@ -52,7 +65,7 @@ def published(wgwrap_server: WgWrapServer, tool: Tool) -> dict[str, object]:
         f"http:127.0.0.1:{HTTP_IN}", f"udp:127.0.0.1:{UDP_IN}",
     )
     info = tool.status("reach")
-    return {"info": info, "server": wgwrap_server}
+    return {"info": info, "server": server}
 
 
 def test_published_tcp_reaches_listeners_on_v4_v6_and_any_address(
@@ -171,7 +184,7 @@ def test_published_ports_are_inbound_only(
     ports: the program's network is still lo and the tunnel, the host's
     loopback services are out of reach, and it holds no host socket."""
     info, server = published["info"], published["server"]
-    assert isinstance(info, dict) and isinstance(server, WgWrapServer)
+    assert isinstance(info, dict) and isinstance(server, Server)
     host_only = socket.create_server(("127.0.0.1", 0))  # a service on the host's loopback
     try:
         host_port = host_only.getsockname()[1]

@@ -1,6 +1,6 @@
-"""Command line of reaching in and out: published ports and the proxy
-front.  ``wg_wrap.cli`` adds these options and commands to its parser and
-dispatches to them; the work is in ``publish`` and ``proxy``.
+"""Command line of reaching in and out: published ports, the proxy front,
+``check``.  ``wg_wrap.cli`` adds these options and commands to its parser
+and dispatches to them; the work is in ``publish``, ``proxy`` and ``check``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def add_commands(
     add_common: Callable[..., None],
     add_network: Callable[[argparse.ArgumentParser], None],
 ) -> None:
-    """``publish``, ``unpublish`` and ``proxy``."""
+    """``publish``, ``unpublish``, ``proxy`` and ``check``."""
     fmt = argparse.RawDescriptionHelpFormatter
     publish = sub.add_parser(
         "publish", help="publish ports of a running profile on the host",
@@ -105,6 +105,24 @@ def add_commands(
     proxy.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
                        help="how long to wait for the first handshake (default: 15)")
 
+    check = sub.add_parser(
+        "check", help="test a profile for leaks: a table of pass/fail lines",
+        description="Run a probe inside the running profile NAME (or in a fresh one from -c "
+        "FILE) as a wrapped program would run, and check: only lo and the tunnel exist; every "
+        "route leads into the tunnel; every nameserver is reached through it; host resolver "
+        "sockets are hidden; a DNS query is answered; IPv6; uid and capabilities; the last "
+        "handshake. Exit status 0 only when every line passes.",
+        epilog="examples:\n  wg-wrap check wg0\n  wg-wrap check -c ~/vpn/wg0.conf --json",
+        formatter_class=fmt,
+    )
+    check.add_argument("name", nargs="?", metavar="NAME",
+                       help="a running profile (default with -c: the config file's name)")
+    check.add_argument("-c", "--config", metavar="FILE",
+                       help="start a fresh profile from FILE for the check, and stop it after")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    add_network(check)
+    check.add_argument("-v", "--verbose", action="store_true", help="trace each step")
+
 
 def reach_request(args: argparse.Namespace) -> reach.ReachRequest | None:
     """The published ports and proxies a start asks for (run, up, proxy)."""
@@ -138,4 +156,8 @@ def dispatch(args: argparse.Namespace, request: Callable[[], Any]) -> int | None
         from wg_wrap import proxy
 
         return proxy.serve(request(), wait=not args.no_wait, timeout=args.timeout)
+    if args.action == "check":
+        from wg_wrap import check
+
+        return check.main(args)
     return None

@@ -49,6 +49,11 @@ def _nameservers(
     return found
 
 
+def nameservers(resolv_text: str) -> list[str]:
+    """The nameserver addresses of a resolv.conf, as written."""
+    return [text for text, _ in _nameservers(resolv_text)]
+
+
 def loopback_nameservers(resolv_text: str) -> list[str]:
     """Nameservers in a resolv.conf that are unreachable from inside."""
     return [text for text, ip in _nameservers(resolv_text) if ip.is_loopback]

@@ -12,8 +12,8 @@ SOCKS5 proxy.  In the same invocation, alternating round by round:
   download by curl wrapped in the client profile (both through the tunnel).
 
 Then 200 concurrent connections through the proxy (all open at once, then
-each fetches a page), and the sidecar's memory with and without the proxy
-(a third profile, without, makes the same downloads wrapped).
+each fetches 64 KiB), and the sidecar's memory with and without the proxy
+(a third profile, without, downloads as much through its tunnel, wrapped).
 
     python scripts/bench_reach.py [--seconds 3] [--rounds 5] [--size-mib 256]
 
@@ -226,7 +226,8 @@ def main() -> int:
                     pairs = [pairs[1], pairs[0], pairs[3], pairs[2]]
                 for key, argv, to_mbit in pairs:
                     results[key].append(float(run(*argv)) * to_mbit)
-                run(*wg_wrap, "exec", plain_p, "--", *curl, url)  # same traffic, no proxy
+                for _ in range(2):  # the tunnel traffic of "socks" and "wrapped", no proxy
+                    run(*wg_wrap, "exec", plain_p, "--", *curl, url)
             completed, took = concurrent((socks_host, int(socks_port)), 200)
             rss_end = {k: memory(pid) for k, pid in sidecars.items()}
         finally:

@@ -79,6 +79,7 @@ type control struct {
 
 	mu        sync.Mutex
 	closed    bool
+	conns     map[*net.UnixConn]struct{} // control connections being served
 	published []*published
 	socks     *proxy.SOCKS5
 	socksAt   []string
@@ -96,7 +97,8 @@ func startControl(path string, logger *device.Logger) (*control, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &control{listener: l, logger: logger, errs: make(chan error, 1)}
+	c := &control{listener: l, logger: logger, errs: make(chan error, 1),
+		conns: make(map[*net.UnixConn]struct{})}
 	c.wg.Add(1)
 	go c.serve()
 	return c, nil
@@ -118,6 +120,9 @@ func (c *control) Close() {
 	c.listener.Close() // unlinks the socket
 	c.mu.Lock()
 	c.closed = true
+	for conn := range c.conns {
+		conn.Close() // a client that never finishes must not hold up the shutdown
+	}
 	var servers []server
 	for _, p := range c.published {
 		servers = append(servers, p.srv)
@@ -146,10 +151,23 @@ func (c *control) serve() {
 			}
 			return
 		}
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			conn.Close()
+			return
+		}
+		c.conns[conn] = struct{}{}
 		c.wg.Add(1)
+		c.mu.Unlock()
 		go func() {
 			defer c.wg.Done()
-			defer conn.Close()
+			defer func() {
+				c.mu.Lock()
+				delete(c.conns, conn)
+				c.mu.Unlock()
+				conn.Close()
+			}()
 			c.serveConn(conn)
 		}()
 	}

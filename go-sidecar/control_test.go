@@ -223,3 +223,20 @@ func checkGoroutines(t *testing.T, base int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestControlCloseDoesNotWaitForIdleClients(t *testing.T) {
+	c, path := startTestControl(t)
+	idle, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	request(t, path, `{"op":"list"}`) // the server is up and serving
+	done := make(chan struct{})
+	go func() { c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waits for a client that sends nothing")
+	}
+}

@@ -3,10 +3,11 @@
 // The C launcher starts it in fresh user, network and mount namespaces with
 // an ambient CAP_NET_ADMIN. It creates the TUN device, runs a WireGuard device
 // on the host UDP socket it inherits (WG_WRAP_HOST_SOCKET_FD), and is then
-// configured only over its UAPI socket. It also pins the namespaces: they
-// live as long as it does.
+// configured only over its UAPI socket. wg-wrap's own verbs (published
+// ports, the proxy front) come over a separate control socket, with the host
+// sockets they use. It also pins the namespaces: they live as long as it does.
 //
-//	wg-wrap-sidecar --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]]
+//	wg-wrap-sidecar --uapi PATH [--control PATH] [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]]
 //	                [--reresolve PLAN --reresolve-status FILE] [-v]
 //	wg-wrap-sidecar --version
 //	wg-wrap-sidecar genkey | pubkey     (like wg's; keys.go)
@@ -59,6 +60,7 @@ type options struct {
 	holdPath string
 	stateDir string
 	verbose  bool
+	control  string // path of the control socket
 
 	reresolvePath   string // JSON plan: peers whose Endpoint is a host name
 	reresolveStatus string // where the re-resolution's state is written
@@ -149,6 +151,12 @@ func run(args []string, stderr io.Writer) int {
 	uapiErrs := make(chan error, 1)
 	go serveUAPI(uapi, dev, uapiErrs)
 
+	control, err := startControl(opts.control, logger)
+	if err != nil {
+		return fail(exitFailure, "control socket", err)
+	}
+	defer control.Close() // unlinks the socket, ends published ports and proxies
+
 	// Ignore SIGHUP: the sidecar runs detached in its own session.
 	signal.Ignore(unix.SIGHUP)
 	term := make(chan os.Signal, 1)
@@ -185,6 +193,9 @@ func run(args []string, stderr io.Writer) int {
 	case err := <-uapiErrs:
 		logger.Errorf("UAPI listener failed: %v", err)
 		return exitFailure
+	case err := <-control.Errs():
+		logger.Errorf("control socket listener failed: %v", err)
+		return exitFailure
 	case <-dev.Wait():
 		logger.Errorf("WireGuard device closed unexpectedly")
 		return exitFailure
@@ -197,11 +208,12 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet(progName, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: %s --uapi PATH [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]] [-v]\n", progName)
+		fmt.Fprintf(stderr, "usage: %s --uapi PATH [--control PATH] [--ifname NAME] [--mtu N] [--hold PATH [--state-dir DIR]] [-v]\n", progName)
 		fmt.Fprintf(stderr, "environment: %s=<fd> (required), %s=<fd> (optional)\n", envHostSocketFD, envReadyFD)
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&opts.uapiPath, "uapi", "", "path of the UAPI unix socket to create (must not exist)")
+	fs.StringVar(&opts.control, "control", "", "path of the control socket to create (must not exist): published ports and the proxy front")
 	fs.StringVar(&opts.ifname, "ifname", opts.ifname, "name of the TUN device")
 	fs.IntVar(&opts.mtu, "mtu", opts.mtu, fmt.Sprintf("MTU of the TUN device (%d..%d)", minMTU, maxMTU))
 	fs.StringVar(&opts.holdPath, "hold", "", "ephemeral mode: exit once no process holds this file locked and none is left in the namespace")

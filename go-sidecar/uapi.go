@@ -12,16 +12,22 @@ import (
 
 // listenUAPI creates the UAPI socket at path, mode 0600. wireguard-go's own
 // ipc.UAPIListen insists on /var/run/wireguard; the sidecar puts it in the
-// profile's runtime directory instead. An existing path is refused rather
-// than replaced: it may belong to a live sidecar.
+// profile's runtime directory instead.
 func listenUAPI(path string) (*net.UnixListener, error) {
+	return listenPrivate("unix", path)
+}
+
+// listenPrivate creates a unix socket ("unix" or "unixpacket") at path,
+// mode 0600. An existing path is refused rather than replaced: it may
+// belong to a live sidecar.
+func listenPrivate(network, path string) (*net.UnixListener, error) {
 	if _, err := os.Lstat(path); err == nil {
 		return nil, fmt.Errorf("%s already exists", path)
 	}
 	// The socket must never exist with looser permissions, not even between
 	// bind and chmod.
 	old := unix.Umask(0o077)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	l, err := net.ListenUnix(network, &net.UnixAddr{Name: path, Net: network})
 	unix.Umask(old)
 	if err != nil {
 		if errors.Is(err, unix.EADDRINUSE) {

@@ -138,7 +138,7 @@ def test_up_exec_ls_status_down(server: WgWrapServer, tool: Tool) -> None:
     assert ls.returncode == 0, ls.stderr
     header, line = ls.stdout.splitlines()
     assert header.split() == [
-        "NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX",
+        "NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX", "REACH",
     ]
     fields = line.split()
     assert fields[:2] == ["wg0", "persistent"]

@@ -95,6 +95,8 @@ def _completes(action: argparse.Action, what: dict[str, str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
+    from wg_wrap import cli_reach
+
     class _VersionAction(argparse.Action):
         def __init__(self, option_strings: list[str], dest: str, **kw: object) -> None:
             super().__init__(option_strings, dest, nargs=0, **kw)  # type: ignore[arg-type]
@@ -152,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     ), COMPLETE_CONFIG_FILE)
     _add_common(run)
     _add_network(run)
+    cli_reach.add_options(run)
     run.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
         help="the program to run inside, after `--` (default: your $SHELL)",
@@ -176,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     ), COMPLETE_CONFIG_FILE)
     _add_common(up)
     _add_network(up)
+    cli_reach.add_options(up)
     up.add_argument("--no-wait", action="store_true",
                     help="return at once instead of waiting for the first handshake "
                     "(e.g. for a server, or a peer that is not up yet)")
@@ -246,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the AppArmor profile that lets this installation's launcher create user "
         "namespaces (for `sudo install -m 0644 /dev/stdin /etc/apparmor.d/…`), and exit",
     )
+
+    cli_reach.add_commands(sub, _add_common, _add_network)
 
     demo = sub.add_parser(
         "demo",
@@ -356,12 +362,13 @@ def exec_request(args: argparse.Namespace) -> tuple[str, list[str], bool]:
 
 
 def _request(args: argparse.Namespace) -> session.Request:
-    from wg_wrap import session
+    from wg_wrap import cli_reach, session
 
     return session.Request(
         config_path=args.config, name=args.name, dns=tuple(args.dns),
         listen_address=args.listen_address, verbose=args.verbose,
         reresolve_after=args.reresolve_after,
+        reach=cli_reach.reach_request(args),
     )
 
 
@@ -376,6 +383,11 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.action == "ls":
             return status.show_list()
         return status.show(args.name, as_json=args.json)
+    from wg_wrap import cli_reach
+
+    done = cli_reach.dispatch(args, lambda: _request(args))
+    if done is not None:
+        return done
     if args.action == "doctor":
         from wg_wrap import doctor
 

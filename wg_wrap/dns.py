@@ -56,6 +56,11 @@ def host_nameservers(resolv_text: str) -> list[ipaddress.IPv4Address | ipaddress
     return found or [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
 
 
+def nameservers(resolv_text: str) -> list[str]:
+    """The nameserver addresses of a resolv.conf, as written."""
+    return [text for text, _ in _nameservers(resolv_text)]
+
+
 def loopback_nameservers(resolv_text: str) -> list[str]:
     """Nameservers in a resolv.conf that are unreachable from inside."""
     return [text for text, ip in _nameservers(resolv_text) if ip.is_loopback]

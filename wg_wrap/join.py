@@ -84,6 +84,24 @@ def attach_running(profile: Profile, state: State | None = None) -> Attached | N
     return Attached(profile, sidecar, hold_fd, mode)
 
 
+# How long a command that started an ephemeral profile for itself (`check -c`,
+# `proxy`) waits, when it lets go, for the sidecar to notice (it checks every
+# 200 ms) and end.
+EPHEMERAL_END_WAIT = 2.0
+
+
+def leave(attached: Attached) -> None:
+    """Let go of a profile this process holds (not by becoming a program in
+    it): drop the hold and, when we started it for ourselves, give an
+    ephemeral sidecar the time to end, so that nothing is left behind."""
+    attached.release()
+    try:
+        if attached.started and attached.mode == "ephemeral":
+            attached.sidecar.exited(EPHEMERAL_END_WAIT)
+    finally:
+        attached.sidecar.close()
+
+
 def not_running(name: str) -> ProfileError:
     return ProfileError(
         f"profile {name!r} is not running",

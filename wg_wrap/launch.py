@@ -111,7 +111,7 @@ def start_sidecar(
     the user's program (``run``), so the sidecar must not be its child.
     """
     sidecar_argv = [
-        paths.sidecar(), "--uapi", profile.uapi_path,
+        paths.sidecar(), "--uapi", profile.uapi_path, "--control", profile.control_path,
         "--ifname", ifname, "--mtu", str(mtu),
     ]
     if ephemeral:

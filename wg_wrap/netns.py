@@ -183,3 +183,51 @@ def self_test(ifname: str) -> str:
     finally:
         os.close(fd)
     return f"created {ifname}, gave it {SELF_TEST_ADDRESS}/24 (RTM_NEWADDR) and set it up"
+
+
+# ---- reading the namespace, for `wg-wrap check` (wg_wrap/probe.py) ----
+
+ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
+               6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
+
+
+def inspect(destinations: Sequence[str]) -> dict[str, object]:
+    """The current network namespace as a wrapped program sees it: its
+    links with their addresses, every route of every table, and the route
+    the kernel picks for each of ``destinations`` (None: no route).
+
+    Reading needs no capability: the probe runs as a wrapped program."""
+    import socket
+
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        addresses: dict[str, list[str]] = {name: [] for name in names.values()}
+        for addr in ipr.get_addr():
+            name = names.get(addr["index"], "?")
+            addresses.setdefault(name, []).append(
+                f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
+            )
+        routes = []
+        for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+            for r in ipr.get_routes(family=family):
+                default = "0.0.0.0" if version == 4 else "::"
+                oif = r.get_attr("RTA_OIF")
+                routes.append({
+                    "version": version,
+                    "dst": f"{r.get_attr('RTA_DST') or default}/{r['dst_len']}",
+                    "type": ROUTE_TYPES.get(r["type"], str(r["type"])),
+                    "table": r.get_attr("RTA_TABLE") or r["table"],
+                    "dev": names.get(oif) if oif else None,
+                })
+        lookups: dict[str, str | None] = {}
+        for dst in destinations:
+            try:
+                found = ipr.route("get", dst=dst)
+                oif = found[0].get_attr("RTA_OIF") if found else None
+                lookups[dst] = names.get(oif) if oif else None
+            except NetlinkError:
+                lookups[dst] = None  # ENETUNREACH and friends: nowhere
+    return {"addresses": addresses, "routes": routes, "lookups": lookups}

@@ -35,6 +35,7 @@ SIDECAR_LOG = "sidecar.log"
 HOLD_FILE = "hold"
 RERESOLVE_PLAN = "reresolve.json"  # written by wg-wrap: the names to re-resolve
 ENDPOINTS_FILE = "endpoints.json"  # written by the sidecar: what they resolve to
+CONTROL_SOCKET = "control.sock"
 
 
 def check_profile_name(name: str) -> str:
@@ -117,7 +118,7 @@ class State:
     FIELDS = (
         "name", "mode", "sidecar_pid", "sidecar_start", "config_path", "config_digest",
         "ifname", "created_at", "addresses", "dns", "mtu", "endpoints", "public_key",
-        "listen_port", "ready",
+        "listen_port", "ready", "published", "socks", "socks_udp", "http_proxy", "proxy_auth",
     )
 
     def __init__(
@@ -137,6 +138,13 @@ class State:
         public_key: str = "",
         listen_port: int = 0,
         ready: bool = True,  # False from the sidecar's start until it is configured
+        # What the host reaches inside through (wg_wrap.publish): published
+        # ports as "ADDR:HOSTPORT:PORT/PROTO", the proxies' "ADDR:PORT".
+        published: list[str] | None = None,
+        socks: str = "",
+        socks_udp: str = "",
+        http_proxy: str = "",
+        proxy_auth: bool = False,
     ) -> None:
         self.name = name
         self.mode = mode
@@ -153,6 +161,11 @@ class State:
         self.public_key = public_key
         self.listen_port = listen_port
         self.ready = ready
+        self.published = published or []
+        self.socks = socks
+        self.socks_udp = socks_udp
+        self.http_proxy = http_proxy
+        self.proxy_auth = proxy_auth
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -206,6 +219,10 @@ class Profile:
     @property
     def endpoints_path(self) -> str:
         return os.path.join(self.dir, ENDPOINTS_FILE)
+
+    @property
+    def control_path(self) -> str:
+        return os.path.join(self.dir, CONTROL_SOCKET)
 
     def create_dir(self) -> None:
         try:

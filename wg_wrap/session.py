@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from wg_wrap import config as wgconfig
-from wg_wrap import dns, hostnet, keys, launch, netns, notify, runtime, uapi, version
+from wg_wrap import dns, hostnet, keys, launch, netns, notify, publish, runtime, uapi, version
 from wg_wrap.errors import ProfileError, SetupError, UsageError
 from wg_wrap.join import Attached, attach_running, not_running, take_hold, trace
+from wg_wrap.reach import ReachRequest
 from wg_wrap.runtime import Profile, State
 
 DEFAULT_MTU = 1420
@@ -68,6 +69,7 @@ class Request:
     listen_address: str | None = None
     verbose: bool = False
     reresolve_after: float = 135.0  # seconds; 0: never re-resolve endpoint names
+    reach: ReachRequest | None = None  # published ports, the proxy front
 
     @property
     def profile_name(self) -> str:
@@ -199,6 +201,8 @@ def start_profile(
         dns_socket = _reresolution(request, cfg, profile, host_socket.family)
         if dns_socket is not None:
             undo.callback(dns_socket.close)
+        reach_sockets = publish.open_host_sockets(request.reach)
+        undo.callback(reach_sockets.close)
 
         _write_new(profile.resolv_path, resolv_conf_text(cfg, request), 0o644)
         _write_new(profile.hold_path, "", 0o600)
@@ -238,6 +242,10 @@ def start_profile(
         netns.configure(sidecar.pidfd, plan, verbose)
         trace(verbose, "wg set (UAPI): private key, peers, endpoints, allowed ips")
         uapi.UAPIClient(profile.uapi_path).set(uapi.encode_set(cfg, resolved))
+        if request.reach:
+            publish.hand_over(profile, reach_sockets, request.reach, state, verbose)
+            for line in publish.announce(state):
+                print(f"wg-wrap: {line}", file=sys.stderr, flush=True)
 
         state.ready = True
         profile.write_state(state)
@@ -278,6 +286,10 @@ def acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
                         f"({state.config_path})",
                         hint="pick another name with -n NAME, or stop it first",
                     )
+                if request.reach:
+                    attached.release()
+                    attached.sidecar.close()
+                    raise publish.already_running(profile.name)
                 trace(request.verbose, f"joining running profile {profile.name}")
                 return attached
         reap_stale(profile, state, request.verbose)

@@ -87,19 +87,19 @@ def age(since: float | None, now: float) -> str:
 def _summary(st: ProfileStatus, now: float) -> list[str]:
     state = st.state
     if state is None:
-        return [st.profile.name, "?", "-", "-", "-", "dead", "-", "-"]
+        return [st.profile.name, "?", "-", "-", "-", "dead", "-", "-", "-"]
     endpoint = ", ".join(state.endpoints) or "-"
     if not st.alive:
-        return [st.profile.name, state.mode, "-", "-", endpoint, "dead", "-", "-"]
+        return [st.profile.name, state.mode, "-", "-", endpoint, "dead", "-", "-", "-"]
     mode = state.mode if state.ready else "starting"
     row = [st.profile.name, mode, str(state.sidecar_pid), str(len(st.members)), endpoint]
     if st.device is None:
-        return [*row, not_responding(state.sidecar_pid), "-", "-"]
+        return [*row, not_responding(state.sidecar_pid), "-", "-", reach_summary(state)]
     peers = st.device.peers
     last = max((p.last_handshake or 0 for p in peers), default=0)
     rx = sum(p.rx_bytes for p in peers)
     tx = sum(p.tx_bytes for p in peers)
-    return [*row, age(last, now), human_bytes(rx), human_bytes(tx)]
+    return [*row, age(last, now), human_bytes(rx), human_bytes(tx), reach_summary(state)]
 
 
 def not_responding(pid: int) -> str:
@@ -108,9 +108,29 @@ def not_responding(pid: int) -> str:
     return "not responding (stopped)" if stopped else "not responding"
 
 
+def _published(state: State) -> list[dict[str, Any]]:
+    """``127.0.0.1:8080:80/tcp`` -> host address, port inside, protocol."""
+    found = []
+    for entry in state.published:
+        body, _, proto = entry.partition("/")
+        host, _, port = body.rpartition(":")
+        found.append({"host": host, "port": int(port), "proto": proto})
+    return found
+
+
+def reach_summary(state: State) -> str:
+    """The REACH column of ls: published ports and proxies, briefly."""
+    parts = [f"{p['host']}->{p['port']}/{p['proto']}" for p in _published(state)]
+    if state.socks:
+        parts.append(f"socks5:{state.socks}")
+    if state.http_proxy:
+        parts.append(f"http:{state.http_proxy}")
+    return ",".join(parts) or "-"
+
+
 def format_ls(statuses: list[ProfileStatus]) -> str:
     now = time.time()
-    rows = [["NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX"]]
+    rows = [["NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX", "REACH"]]
     rows += [_summary(st, now) for st in statuses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -147,6 +167,11 @@ def as_dict(st: ProfileStatus) -> dict[str, Any]:
         "created_at": state.created_at, "interface": state.ifname,
         "public_key": state.public_key, "listen_port": state.listen_port,
         "addresses": state.addresses, "dns": state.dns, "mtu": state.mtu,
+        "published": _published(state),
+        "socks": {"address": state.socks, "udp_relay": state.socks_udp,
+                  "auth": state.proxy_auth} if state.socks else None,
+        "http_proxy": {"address": state.http_proxy, "auth": state.proxy_auth}
+        if state.http_proxy else None,
     })
     if st.device is not None:
         out["peers"] = [_peer_dict(p, (st.names or {}).get(p.public_key.hex()))
@@ -201,6 +226,15 @@ def format_status(st: ProfileStatus) -> str:
         f"  dns: {', '.join(d['dns']) or '(host resolver)'}",
         f"  mtu: {d['mtu']}",
     ]
+    for p in d["published"]:
+        lines.append(f"  published: {p['host']} -> {p['port']}/{p['proto']}")
+    password = ", password required" if d["socks"] and d["socks"]["auth"] else ""
+    if d["socks"]:
+        lines.append(f"  socks5 proxy: {d['socks']['address']} "
+                     f"(UDP relay {d['socks']['udp_relay']}{password})")
+    if d["http_proxy"]:
+        auth = " (password required)" if d["http_proxy"]["auth"] else ""
+        lines.append(f"  http proxy: {d['http_proxy']['address']}{auth}")
     for peer in d.get("peers", []):
         lines += [
             "",

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/device"
+)
+
+// The control socket in the test's own namespace: "inside" and "the host"
+// are then the same loopback, which the relaying cannot tell apart.
+
+func startTestControl(t *testing.T) (*control, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "control.sock")
+	logger := &device.Logger{Verbosef: t.Logf, Errorf: t.Logf}
+	c, err := startControl(path, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, path
+}
+
+// request sends one control request with files attached, as wg-wrap does.
+func request(t *testing.T, path string, req string, files ...*os.File) controlReply {
+	t.Helper()
+	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	var fds []int
+	for _, f := range files {
+		fds = append(fds, int(f.Fd()))
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := conn.WriteMsgUnix([]byte(req), oob, nil); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65536)
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply controlReply
+	if err := json.Unmarshal(buf[:n], &reply); err != nil {
+		t.Fatalf("reply %q: %v", buf[:n], err)
+	}
+	return reply
+}
+
+// hostListener is a listening socket "opened on the host", as a file.
+func hostListener(t *testing.T) (*os.File, string) {
+	t.Helper()
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := l.File()
+	l.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, l.Addr().String()
+}
+
+func TestControlPublishAndUnpublish(t *testing.T) {
+	base := runtime.NumGoroutine()
+	inside, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inside.Close()
+	go func() {
+		for {
+			c, err := inside.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "hello from inside")
+			c.Close()
+		}
+	}()
+	c, path := startTestControl(t)
+	f, addr := hostListener(t)
+	port := inside.Addr().(*net.TCPAddr).Port
+	reply := request(t, path, `{"op":"publish","proto":"tcp","port":`+itoa(port)+`}`, f)
+	if reply.Error != "" || len(reply.Listening) != 1 || reply.Listening[0] != addr {
+		t.Fatalf("publish: %+v", reply)
+	}
+	f.Close() // the sidecar has its own copy now
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(conn)
+	conn.Close()
+	if string(got) != "hello from inside" {
+		t.Fatalf("through the published port: %q", got)
+	}
+	list := request(t, path, `{"op":"list"}`)
+	if want := "tcp " + addr + " " + itoa(port); len(list.Published) != 1 || list.Published[0] != want {
+		t.Fatalf("list: %+v, want %s", list, want)
+	}
+	hostPort := addr[strings.LastIndex(addr, ":")+1:]
+	if r := request(t, path, `{"op":"unpublish","proto":"udp","host_port":`+hostPort+`}`); r.Removed != 0 {
+		t.Fatalf("unpublish of the wrong protocol removed %d", r.Removed)
+	}
+	if r := request(t, path, `{"op":"unpublish","proto":"tcp","host_port":`+hostPort+`}`); r.Removed != 1 || r.Error != "" {
+		t.Fatalf("unpublish: %+v", r)
+	}
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Fatal("still published after unpublish")
+	}
+	c.Close()
+	inside.Close()
+	checkGoroutines(t, base)
+}
+
+func TestControlStartsTheProxies(t *testing.T) {
+	_, path := startTestControl(t)
+	tcp, addr := hostListener(t)
+	relay, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rf, _ := relay.File()
+	relay.Close()
+	defer rf.Close()
+	r := request(t, path, `{"op":"socks","user":"u","password":"p"}`, tcp, rf)
+	if r.Error != "" || len(r.Listening) != 2 || r.Listening[0] != addr {
+		t.Fatalf("socks: %+v", r)
+	}
+	// A SOCKS5 server answers there, asking for the password.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Write([]byte{5, 1, 0})
+	sel := make([]byte, 2)
+	io.ReadFull(conn, sel)
+	conn.Close()
+	if sel[0] != 5 || sel[1] != 0xff {
+		t.Fatalf("method selection %x without credentials", sel)
+	}
+	again, _ := hostListener(t)
+	if r := request(t, path, `{"op":"socks"}`, again); !strings.Contains(r.Error, "already running") {
+		t.Fatalf("a second SOCKS5 proxy: %+v", r)
+	}
+	h, haddr := hostListener(t)
+	if r := request(t, path, `{"op":"http-proxy"}`, h); r.Error != "" || r.Listening[0] != haddr {
+		t.Fatalf("http-proxy: %+v", r)
+	}
+	if l := request(t, path, `{"op":"list"}`); l.HTTP != haddr || len(l.SOCKS) != 2 {
+		t.Fatalf("list: %+v", l)
+	}
+}
+
+func TestControlRefusesBadRequests(t *testing.T) {
+	_, path := startTestControl(t)
+	notListening, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	udpFile, _ := notListening.File()
+	notListening.Close()
+	defer udpFile.Close()
+	pipeR, pipeW, _ := os.Pipe()
+	defer pipeR.Close()
+	defer pipeW.Close()
+	l, _ := hostListener(t)
+	for _, tc := range []struct {
+		req   string
+		files []*os.File
+		want  string
+	}{
+		{`{"op":"format-disk"}`, nil, "unknown op"},
+		{`{"op":"list","extra":1}`, nil, "malformed request"},
+		{`not json`, nil, "malformed request"},
+		{`{"op":"publish","proto":"tcp","port":80}`, nil, "takes 1 socket"},
+		{`{"op":"publish","proto":"tcp","port":80}`, []*os.File{udpFile}, "socket type"},
+		{`{"op":"publish","proto":"tcp","port":80}`, []*os.File{pipeR}, "not a socket"},
+		{`{"op":"publish","proto":"sctp","port":80}`, []*os.File{l}, "unknown protocol"},
+		{`{"op":"publish","proto":"tcp"}`, []*os.File{l}, "no port inside"},
+		{`{"op":"socks"}`, nil, "takes a listener"},
+	} {
+		if r := request(t, path, tc.req, tc.files...); !strings.Contains(r.Error, tc.want) {
+			t.Errorf("%s: %+v, want %q", tc.req, r, tc.want)
+		}
+	}
+	// The socket is private.
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket mode %v %v", st.Mode(), err)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func checkGoroutines(t *testing.T, base int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestControlCloseDoesNotWaitForIdleClients(t *testing.T) {
+	c, path := startTestControl(t)
+	idle, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	request(t, path, `{"op":"list"}`) // the server is up and serving
+	done := make(chan struct{})
+	go func() { c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waits for a client that sends nothing")
+	}
+}

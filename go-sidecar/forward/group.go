@@ -1,0 +1,92 @@
+package forward
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Group tracks the goroutines and open connections of one server, so that
+// closing the server ends every connection it relays and returns only once
+// nothing of it runs any more.
+type Group struct {
+	mu     sync.Mutex
+	open   map[io.Closer]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// Go runs fn in a new goroutine, unless the group is closed.
+func (g *Group) Go(fn func()) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Add records c to be closed with the group. It returns false, and leaves
+// c alone, when the group is already closed: the caller then closes c.
+func (g *Group) Add(c io.Closer) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	if g.open == nil {
+		g.open = make(map[io.Closer]struct{})
+	}
+	g.open[c] = struct{}{}
+	return true
+}
+
+// Remove forgets c (the caller closes it).
+func (g *Group) Remove(c io.Closer) {
+	g.mu.Lock()
+	delete(g.open, c)
+	g.mu.Unlock()
+}
+
+// Len is the number of open connections.
+func (g *Group) Len() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.open)
+}
+
+// Close closes every recorded connection and waits for the goroutines.
+func (g *Group) Close() {
+	g.mu.Lock()
+	g.closed = true
+	open := g.open
+	g.open = nil
+	g.mu.Unlock()
+	for c := range open {
+		c.Close()
+	}
+	g.wg.Wait()
+}
+
+// AcceptBackoff reports whether an accept error is one to wait out (the
+// process or the system is out of file descriptors or memory: a busy
+// server must not spin nor stop) and sleeps for delay if so; it returns the
+// next delay to use.
+func AcceptBackoff(err error, delay time.Duration) (time.Duration, bool) {
+	if !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) &&
+		!errors.Is(err, syscall.ENOBUFS) && !errors.Is(err, syscall.ENOMEM) {
+		return 0, false
+	}
+	if delay == 0 {
+		delay = 5 * time.Millisecond
+	}
+	time.Sleep(delay)
+	return min(2*delay, time.Second), true
+}

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// socketpair returns two connected unix stream sockets: unlike net.Pipe
+// they can be half-closed, like TCP.
+func socketpair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]net.Conn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		conns[i], err = net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return conns[0], conns[1]
+}
+
+func refuse(context.Context, string, string) (net.Conn, error) {
+	return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+}
+
+// runHandshake feeds in to a server connection and returns all it answers.
+func runHandshake(t testing.TB, auth *Credentials, in []byte) []byte {
+	s := &SOCKS5{Auth: auth, Dial: refuse}
+	s.setDefaults()
+	client, server := socketpair(t)
+	defer client.Close()
+	done := make(chan struct{})
+	go func() { s.handle(server); close(done) }()
+	client.SetDeadline(time.Now().Add(HandshakeTimeout + 5*time.Second))
+	go func() {
+		client.Write(in)
+		client.(*net.UnixConn).CloseWrite()
+	}()
+	out, _ := io.ReadAll(client)
+	select {
+	case <-done:
+	case <-time.After(HandshakeTimeout + 5*time.Second):
+		t.Fatalf("the server did not end after %x", in)
+	}
+	return out
+}
+
+// checkGoroutines waits for the goroutine count to come back to base.
+func checkGoroutines(t *testing.T, base int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

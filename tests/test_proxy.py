@@ -1,0 +1,276 @@
+"""The proxy front: SOCKS5 and HTTP proxies that dial from inside a profile.
+
+As the unprivileged user, against both real peers (a wg-wrap server and
+stock wireguard-go); the clients run on the host: curl, and a Python SOCKS5
+client for UDP ASSOCIATE.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Stage, User, need_interop_tools
+from peers import DNS_NAME, HTTP_PORT, UDP_PORT, LineLog, Server, StockServer, next_net
+from reachkit import Tool, read_socks_address, socks_address, socks_request
+
+pytestmark = pytest.mark.e2e
+
+USER, PASSWORD = "alice", "correct horse: battery staple"
+AUTH_ENV = {"WG_WRAP_PROXY_AUTH": f"{USER}:{PASSWORD}"}
+
+
+@pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
+def server(request: pytest.FixtureRequest, stage: Stage, test_user: User) -> Iterator[Server]:
+    if request.param == "wg-wrap":
+        yield request.getfixturevalue("wgwrap_server")
+    else:
+        need_interop_tools()
+        srv = StockServer(stage, next_net())
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
+@pytest.fixture
+def tool(stage: Stage, test_user: User, user_runtime_dir: Path, user_tmp: Path) -> Iterator[Tool]:
+    t = Tool(stage, test_user, user_runtime_dir, user_tmp)
+    try:
+        yield t
+    finally:
+        t.cleanup()
+
+
+def start(tool: Tool, server: Server, *options: str, env: dict[str, str] | None = None,
+          name: str = "px") -> dict[str, object]:
+    conf = tool.file(f"{name}.conf", server.client_config())
+    up = tool("up", "-c", str(conf), *options, env=env)
+    assert up.returncode == 0, up.stderr
+    return tool.status(name)
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-sS", "--max-time", "15", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def page(server: Server) -> str:
+    return f"http://{DNS_NAME}:{HTTP_PORT}/"
+
+
+def test_socks5_connect_resolves_names_inside_the_tunnel(server: Server, tool: Tool) -> None:
+    info = start(tool, server, "--socks", "127.0.0.1:0")
+    socks = info["socks"]
+    assert isinstance(socks, dict) and not socks["auth"]
+    # A name only the peer's DNS knows: curl hands it to the proxy unresolved.
+    result = curl("--socks5-hostname", socks["address"], page(server))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"hello through the tunnel: the peer sees you as {server.net.client4}\n"
+    # The lookup went to the peer's DNS, from the tunnel address.
+    assert server.log.wait_for(f"dns {server.net.client4}", 5)
+    assert server.log.wait_for(f"http {server.net.client4} /", 5)
+    # An IPv6 destination inside the tunnel, by address.
+    result = curl("--socks5-hostname", socks["address"],
+                  f"http://[{server.net.server6}]:{HTTP_PORT}/")
+    assert result.returncode == 0, result.stderr
+    assert f"sees you as {server.net.client6}" in result.stdout
+
+
+def test_socks5_and_http_proxy_require_the_password(
+    wgwrap_server: Server, tool: Tool, stage: Stage
+) -> None:
+    server = wgwrap_server
+    info = start(tool, server, "--socks", "0", "--http-proxy", "0", env=AUTH_ENV)
+    socks, http = info["socks"], info["http_proxy"]
+    assert isinstance(socks, dict) and isinstance(http, dict)
+    assert socks["auth"] and http["auth"]
+    good = f"{USER}:{PASSWORD}"
+    ok = curl("--socks5-hostname", socks["address"], "--proxy-user", good, page(server))
+    assert ok.returncode == 0 and "sees you as" in ok.stdout, ok.stderr
+    for creds in ((), ("--proxy-user", f"{USER}:wrong")):
+        refused = curl("--socks5-hostname", socks["address"], *creds, page(server))
+        assert refused.returncode != 0 and "sees you as" not in refused.stdout
+    # The HTTP proxy: an absolute-URI GET and a CONNECT tunnel.
+    for tunnel in ((), ("--proxytunnel",)):
+        ok = curl("-x", f"http://{http['address']}", "--proxy-user", good, *tunnel, page(server))
+        assert ok.returncode == 0 and "sees you as" in ok.stdout, (tunnel, ok.stderr)
+        challenge = curl("-x", f"http://{http['address']}", *tunnel, "-o", "/dev/null",
+                         "-w", "%{http_code}", page(server))
+        assert "407" in challenge.stdout + challenge.stderr, (tunnel, challenge)
+    # The password is in no argv, environment or file of wg-wrap's.
+    sidecar = info["sidecar_pid"]
+    for what in ("cmdline", "environ"):
+        assert PASSWORD.encode() not in Path(f"/proc/{sidecar}/{what}").read_bytes(), what
+    for path in (tool.state_dir / "px").iterdir():
+        if path.is_file():
+            assert PASSWORD.encode() not in path.read_bytes(), path
+    inside = tool("exec", "px", "--", "env", env=AUTH_ENV)
+    assert "WG_WRAP_PROXY_AUTH" in inside.stdout  # only what exec itself was given
+    run = tool("run", "-n", "px2", "-c", str(tool.workdir / "px.conf"), "--socks", "0", "--",
+               "env", env=AUTH_ENV)
+    assert run.returncode == 0, run.stderr
+    assert "WG_WRAP_PROXY_AUTH" not in run.stdout  # taken out before the program starts
+
+
+def test_proxy_auth_from_a_file(wgwrap_server: Server, tool: Tool) -> None:
+    secret = tool.file("proxy-auth", f"{USER}:{PASSWORD}\n")
+    info = start(tool, wgwrap_server, "--socks", "0", "--proxy-auth-file", str(secret))
+    socks = info["socks"]
+    assert isinstance(socks, dict) and socks["auth"]
+    refused = curl("--socks5-hostname", socks["address"], page(wgwrap_server))
+    assert refused.returncode != 0
+    ok = curl("--socks5-hostname", socks["address"], "--proxy-user", f"{USER}:{PASSWORD}",
+              page(wgwrap_server))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_socks5_udp_associate_exchanges_datagrams_with_the_peer(
+    server: Server, tool: Tool
+) -> None:
+    info = start(tool, server, "--socks", "127.0.0.1:0", env=AUTH_ENV)
+    socks = info["socks"]
+    assert isinstance(socks, dict)
+    host, port = socks["address"].rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(10)
+        control, relay_host, relay_port = socks_request(
+            (host, int(port)), 3, "0.0.0.0", udp.getsockname()[1], auth=(USER, PASSWORD)
+        )
+        with control:
+            # The relay is on the proxy's own address, not on all addresses.
+            assert (relay_host, relay_port) == ("127.0.0.1", int(socks["udp_relay"].split(":")[1]))
+            assert _udp_local_addresses(relay_port) == ["127.0.0.1"]
+            for target in (server.net.server4, DNS_NAME):
+                payload = f"through the relay to {target}".encode()
+                udp.sendto(b"\0\0\0" + socks_address(target, UDP_PORT) + payload,
+                           (relay_host, relay_port))
+                data, sender = udp.recvfrom(65535)
+                assert sender == (relay_host, relay_port)
+                src, src_port, echoed = read_socks_address(data[3:])
+                assert data[:3] == b"\0\0\0" and echoed == payload
+                assert (src, src_port) in ((server.net.server4, UDP_PORT),
+                                           (server.net.server6, UDP_PORT))
+            assert server.log.wait_for(f"udp {server.net.client4} {len(payload)}", 5) or \
+                server.log.wait_for(f"udp {server.net.client6} {len(payload)}", 5)
+
+
+def _udp_local_addresses(port: int) -> list[str]:
+    """Local addresses of the host's UDP sockets bound to port."""
+    found = []
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local = line.split()[1]
+            addr, hexport = local.split(":")
+            if int(hexport, 16) != port:
+                continue
+            raw = bytes.fromhex(addr)
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+            found.append(socket.inet_ntop(family, words))
+    return found
+
+
+def test_two_hundred_concurrent_socks5_connections(wgwrap_server: Server, tool: Tool) -> None:
+    info = start(tool, wgwrap_server, "--socks", "0")
+    socks = info["socks"]
+    assert isinstance(socks, dict)
+    host, port = socks["address"].rsplit(":", 1)
+    conns = [socks_request((host, int(port)), 1, wgwrap_server.net.server4, HTTP_PORT)[0]
+             for _ in range(200)]
+    errors: list[str] = []
+
+    def fetch(sock: socket.socket) -> None:
+        with sock:
+            try:
+                sock.sendall(b"GET /many HTTP/1.0\r\nHost: peer\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                if b"sees you as" not in data:
+                    errors.append(repr(data[:100]))
+            except OSError as e:
+                errors.append(str(e))
+
+    threads = [threading.Thread(target=fetch, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:5]
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_proxy_command_serves_with_no_program_until_interrupted(
+    wgwrap_server: Server, tool: Tool
+) -> None:
+    conf = tool.file("front.conf", wgwrap_server.client_config())
+    proc = tool.popen("proxy", "-c", str(conf), "--socks", "0", "--http-proxy", "0")
+    log = LineLog(proc.stderr)
+    try:
+        assert log.wait_for("serving profile front", 30), log.drain()
+        text = "\n".join(log.drain())
+        socks = re.search(r"SOCKS5 proxy on (127\.0\.0\.1:\d+), UDP relay on 127\.0\.0\.1:", text)
+        http = re.search(r"HTTP proxy on (127\.0\.0\.1:\d+)", text)
+        assert socks and http, text
+        result = curl("--socks5-hostname", socks.group(1), page(wgwrap_server))
+        assert result.returncode == 0 and "sees you as" in result.stdout, result.stderr
+        result = curl("-x", f"http://{http.group(1)}", page(wgwrap_server))
+        assert result.returncode == 0 and "sees you as" in result.stdout, result.stderr
+        assert tool.profiles() == ["front"] and len(tool.sidecars()) == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+    assert tool.wait_gone(3), (tool.profiles(), tool.sidecars())
+
+
+def test_proxy_command_ends_its_profile_when_killed(wgwrap_server: Server, tool: Tool) -> None:
+    conf = tool.file("front.conf", wgwrap_server.client_config())
+    proc = tool.popen("proxy", "-c", str(conf), "--socks", "0")
+    log = LineLog(proc.stderr)
+    try:
+        assert log.wait_for("serving profile front", 30), log.drain()
+        proc.kill()  # no chance to clean up: the sidecar notices by itself
+        proc.wait()
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    assert tool.wait_gone(5), (tool.profiles(), tool.sidecars())
+
+
+@pytest.mark.parametrize("option", ["--socks", "--http-proxy"])
+def test_a_proxy_beyond_loopback_without_a_password_is_refused(
+    wgwrap_server: Server, tool: Tool, option: str
+) -> None:
+    conf = tool.file("open.conf", wgwrap_server.client_config())
+    result = tool("run", "-c", str(conf), option, "0.0.0.0:0", "--", "true")
+    assert result.returncode == 2
+    first, *rest = result.stderr.splitlines()
+    assert first.startswith("wg-wrap: error: refusing to open the ")
+    assert "on 0.0.0.0:0 without authentication" in first
+    assert len(rest) == 1 and "WG_WRAP_PROXY_AUTH" in rest[0]
+    assert tool.wait_gone(1)
+
+
+def test_proxy_options_are_refused_when_joining(wgwrap_server: Server, tool: Tool) -> None:
+    conf = tool.file("joined.conf", wgwrap_server.client_config())
+    assert tool("up", "-c", str(conf)).returncode == 0
+    result = tool("run", "-c", str(conf), "--socks", "0", "--", "true")
+    assert result.returncode == 1
+    assert "is already running: -p, --socks and --http-proxy apply only when" in result.stderr
+    assert tool.status("joined")["socks"] is None

@@ -1,0 +1,56 @@
+"""The sidecar's control socket: wg-wrap's own verbs, apart from UAPI.
+
+A SOCK_SEQPACKET unix socket (``control.sock``, 0600, in the profile's
+runtime directory).  One message per request: a JSON object, with the host
+sockets it hands over attached as SCM_RIGHTS; one JSON object back,
+``{"error": "..."}`` on failure.  The protocol is described in
+``go-sidecar/control.go``.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from wg_wrap.errors import SetupError
+
+MAX_REPLY = 64 << 10
+
+
+class ControlClient:
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def request(self, message: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
+        """Send one request (with ``fds`` attached) and return the answer;
+        a refusal raises SetupError with the sidecar's reason."""
+        op = message.get("op", "?")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+                ancillary = (
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+                    if fds else []
+                )
+                sock.sendmsg([json.dumps(message).encode()], ancillary)
+                data = sock.recv(MAX_REPLY)
+            except OSError as e:
+                raise SetupError(
+                    f"talking to the sidecar's control socket ({op}): "
+                    f"{e.strerror or type(e).__name__}",
+                    hint="is the profile running? `wg-wrap ls` lists profiles",
+                ) from e
+        try:
+            reply = json.loads(data)
+        except ValueError as e:
+            raise SetupError(f"the sidecar answered {op} with garbage") from e
+        if not isinstance(reply, dict):
+            raise SetupError(f"the sidecar answered {op} with garbage")
+        if reply.get("error"):
+            raise SetupError(f"the sidecar refused {op}: {reply['error']}")
+        return reply

@@ -11,6 +11,7 @@
 //	                [--reresolve PLAN --reresolve-status FILE] [-v]
 //	wg-wrap-sidecar --version
 //	wg-wrap-sidecar genkey | pubkey     (like wg's; keys.go)
+//	wg-wrap-sidecar aftercare --pid PID --profile-dir DIR --life-fd FD   (aftercare.go)
 package main
 
 import (
@@ -74,11 +75,14 @@ func main() {
 	if code, ok := keyCommand(os.Args[1:], os.Stdin, os.Stdout, os.Stderr); ok {
 		os.Exit(code)
 	}
+	if len(os.Args) >= 2 && os.Args[1] == "aftercare" {
+		os.Exit(aftercare(os.Args[2:], os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
 // run is the whole program; it returns the exit status.
-func run(args []string, stderr io.Writer) int {
+func run(args []string, stderr io.Writer) (code int) {
 	// The ready pipe comes first so that every later failure, usage errors
 	// included, reaches the parent.
 	ready, err := readyFromEnv()
@@ -91,6 +95,17 @@ func run(args []string, stderr io.Writer) int {
 		ready.fail(fmt.Sprintf("%s: %v", step, err))
 		return code
 	}
+	life, err := lifeFromEnv()
+	if err != nil {
+		return fail(exitFailure, envLifeFD, err)
+	}
+	// Last of all: an end on purpose tells the aftercare process so; any
+	// other end (a failure, or no end at all: SIGKILL) leaves it to act.
+	defer func() {
+		if code == exitOK {
+			life.endedOnPurpose()
+		}
+	}()
 
 	opts, err := parseArgs(args, stderr)
 	if err != nil {

@@ -10,8 +10,10 @@
  *           themselves, a few mounts, CAP_NET_ADMIN as an ambient capability.
  *   join:   enter the namespaces of a running process (through a pidfd),
  *           restore the working directory, drop every capability.
+ *   enter:  the same, keeping CAP_NET_ADMIN as create does: a new sidecar in
+ *           the namespaces of a profile whose sidecar died.
  *
- * Both set no_new_privs before exec: nothing they start can gain privileges
+ * All three set no_new_privs before exec: nothing they start can gain privileges
  * by executing a setuid or file-capability program.
  *
  * Exit status: 125 for the launcher's own failures (usage included), 126 when
@@ -54,6 +56,7 @@ enum {
 static const char usage_text[] =
   "Usage: " PROG_NAME " [--expect-version V] create [OP]... -- PROGRAM [ARG]...\n"
   "       " PROG_NAME " [--expect-version V] join --pidfd N [--cwd DIR] -- PROGRAM [ARG]...\n"
+  "       " PROG_NAME " [--expect-version V] enter --pidfd N [--cwd DIR] -- PROGRAM [ARG]...\n"
   "       " PROG_NAME " --version | --help\n"
   "\n"
   "--expect-version V, before the command, refuses to run unless V is the\n"
@@ -73,7 +76,11 @@ static const char usage_text[] =
   "pidfd N is inherited, change to the caller's working directory (or DIR),\n"
   "drop every capability and execute PROGRAM.\n"
   "\n"
-  "Both set no_new_privs for PROGRAM: setuid bits and file capabilities give\n"
+  "enter: like join, but keep CAP_NET_ADMIN (only) as an ambient capability,\n"
+  "as create does: a new sidecar for namespaces whose sidecar died while\n"
+  "programs were still in them.\n"
+  "\n"
+  "All three set no_new_privs for PROGRAM: setuid bits and file capabilities give\n"
   "it nothing. Each value is one argument, never '--'; an option given twice\n"
   "(other than an OP) is an error. File descriptors are passed on unchanged.\n"
   "\n"
@@ -503,7 +510,7 @@ cmd_create(int argc, char *argv[])
 /* Only a pidfd names the process to join: a pid may have been reused by
  * the time it is opened. */
 static int
-parse_join_args(int argc, char *argv[], struct join_args *args)
+parse_join_args(int argc, char *argv[], struct join_args *args, const char *command)
 {
   int i = 0;
 
@@ -516,43 +523,66 @@ parse_join_args(int argc, char *argv[], struct join_args *args)
       const char *value = option_values(argc, argv, &i, 1, "a file descriptor")[0];
 
       if (args->pidfd >= 0)
-        die_usage("join: --pidfd given twice");
+        die_usage("%s: --pidfd given twice", command);
       if (parse_int(value, 0, &args->pidfd) < 0)
         die_usage("--pidfd needs a file descriptor, got '%s'", value);
     } else if (strcmp(option, "--cwd") == 0) {
       if (args->cwd != NULL)
-        die_usage("join: --cwd given twice");
+        die_usage("%s: --cwd given twice", command);
       args->cwd = option_values(argc, argv, &i, 1, "a directory")[0];
     } else {
-      die_usage("join: unknown option '%s'", option);
+      die_usage("%s: unknown option '%s'", command, option);
     }
   }
   if (args->pidfd < 0)
-    die_usage("join needs --pidfd N");
-  return program_index(argc, argv, i, "join");
+    die_usage("%s needs --pidfd N", command);
+  return program_index(argc, argv, i, command);
+}
+
+/* Setns into the user, mount and network namespaces of args->pidfd, and go
+ * to args->cwd (or the caller's working directory), which entering a mount
+ * namespace resets. */
+static void
+enter_namespaces(const struct join_args *args)
+{
+  char *cwd = args->cwd != NULL ? strdup(args->cwd) : getcwd(NULL, 0);
+
+  if (cwd == NULL)
+    die_with_error("getting the working directory");
+  /* One call with a pidfd (Linux >= 5.8) enters all three at once; the user
+   * namespace first, which is what gives us the right to enter the others. */
+  if (setns(args->pidfd, CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS) < 0)
+    die_with_error("joining the namespaces of pidfd %d", args->pidfd);
+  close(args->pidfd);
+  if (chdir(cwd) < 0)
+    die_with_error("changing directory to %s", cwd);
+  free(cwd);
 }
 
 static void __attribute__((noreturn))
 cmd_join(int argc, char *argv[])
 {
   struct join_args args;
-  int program = parse_join_args(argc, argv, &args);
-  char *cwd;
+  int program = parse_join_args(argc, argv, &args, "join");
 
-  cwd = args.cwd != NULL ? strdup(args.cwd) : getcwd(NULL, 0);
-  if (cwd == NULL)
-    die_with_error("getting the working directory");
-
-  /* One call with a pidfd (Linux >= 5.8) enters all three at once; the user
-   * namespace first, which is what gives us the right to enter the others. */
-  if (setns(args.pidfd, CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS) < 0)
-    die_with_error("joining the namespaces of pidfd %d", args.pidfd);
-  close(args.pidfd);
-  /* Entering a mount namespace resets the root and working directories. */
-  if (chdir(cwd) < 0)
-    die_with_error("changing directory to %s", cwd);
-  free(cwd);
+  enter_namespaces(&args);
   drop_all_capabilities();
+  set_no_new_privs();
+  exec_program(&argv[program]);
+}
+
+/* A new sidecar for namespaces whose sidecar died while programs were still
+ * in them: the caller owns the user namespace, so entering it gives every
+ * capability there, of which PROGRAM keeps CAP_NET_ADMIN, as after create.
+ * The mounts made by create are still in place. */
+static void __attribute__((noreturn))
+cmd_enter(int argc, char *argv[])
+{
+  struct join_args args;
+  int program = parse_join_args(argc, argv, &args, "enter");
+
+  enter_namespaces(&args);
+  keep_only_net_admin();
   set_no_new_privs();
   exec_program(&argv[program]);
 }
@@ -589,5 +619,7 @@ main(int argc, char *argv[])
     cmd_create(argc - 2, argv + 2);
   if (strcmp(argv[1], "join") == 0)
     cmd_join(argc - 2, argv + 2);
+  if (strcmp(argv[1], "enter") == 0)
+    cmd_enter(argc - 2, argv + 2);
   die_usage("unknown command '%s'", argv[1]);
 }

@@ -124,8 +124,8 @@ def configuration() -> str:
 
 EXIT_STATUS = [
     ("0", "Success."),
-    ("status of CMD", "`run` and `exec` exit with the status of the command they ran, or "
-     "128+N when it was killed by signal N."),
+    ("status of CMD", "`run` and `exec` become the command they run: its exit status is "
+     "theirs (a shell shows 128+N when it was killed by signal N)."),
     ("1", "An error: a bad config file, a profile that is unknown or busy, a failed setup "
      "(one line `wg-wrap: error: ...`, often followed by a hint; nothing is left running "
      "or on disk). `doctor`: something wg-wrap needs is missing."),

@@ -175,12 +175,7 @@ def user_tmp(test_user: User) -> Iterator[Path]:
         yield path
 
 
-def sidecars_of(user: User, runtime_dir: Path) -> set[int]:
-    """The user's sidecars serving profiles under runtime_dir.
-
-    Other tests (and the wg-wrap server peer) run sidecars as the same user:
-    only those whose arguments name this runtime directory count.
-    """
+def _helpers_of(user: User, runtime_dir: Path, aftercare: bool) -> set[int]:
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -192,11 +187,24 @@ def sidecars_of(user: User, runtime_dir: Path) -> set[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if argv[0].endswith(b"wg-wrap-sidecar") and any(
-            a.startswith(bytes(runtime_dir)) for a in argv
-        ):
+        if argv[0].endswith(b"wg-wrap-sidecar") and (argv[1:2] == [b"aftercare"]) == aftercare \
+                and any(a.startswith(bytes(runtime_dir)) for a in argv):
             found.add(int(entry))
     return found
+
+
+def sidecars_of(user: User, runtime_dir: Path) -> set[int]:
+    """The user's sidecars serving profiles under runtime_dir.
+
+    Other tests (and the wg-wrap server peer) run sidecars as the same user:
+    only those whose arguments name this runtime directory count.
+    """
+    return _helpers_of(user, runtime_dir, aftercare=False)
+
+
+def aftercares_of(user: User, runtime_dir: Path) -> set[int]:
+    """The aftercare processes (`wg-wrap-sidecar aftercare`) of those profiles."""
+    return _helpers_of(user, runtime_dir, aftercare=True)
 
 
 INTEROP_TOOLS = ("wireguard-go", "wg")

@@ -222,6 +222,11 @@ class WgWrapServer(Server):
         self.port = int(tomllib.loads(state.read_text())["listen_port"])
         assert port is None or self.port == port
 
+    @property
+    def runtime_dir(self) -> Path:
+        """Its XDG_RUNTIME_DIR: `wg-wrap exec test-server` there runs inside it."""
+        return self._dirs[1]
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -233,6 +238,13 @@ class WgWrapServer(Server):
         for stream in (self.process.stdout, self.process.stderr):
             if stream:
                 stream.close()
+        # The process was the services themselves (wg-wrap became them): the
+        # ephemeral profile ends when its sidecar notices (every 200 ms) and
+        # removes its directory; only then is the UDP port free again.
+        profile = self.runtime_dir / "wg-wrap" / "test-server"
+        deadline = time.monotonic() + 5
+        while profile.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         for d in self._dirs:
             shutil.rmtree(d, ignore_errors=True)
 

@@ -14,7 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, as_user_argv, run_as_user, sidecars_of, user_env
+from conftest import (
+    Stage,
+    User,
+    aftercares_of,
+    as_user_argv,
+    run_as_user,
+    sidecars_of,
+    user_env,
+)
 from peers import HTTP_PORT, Keys, WgWrapServer, client_config, next_net, silent_udp_port
 
 pytestmark = pytest.mark.e2e
@@ -61,10 +69,11 @@ class Tool:
         return sidecars_of(self.user, self.runtime)
 
     def wait_gone(self, timeout: float) -> bool:
-        """True once no sidecar and no profile directory is left."""
+        """True once no sidecar, aftercare or profile directory is left."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.sidecars() and not self.profiles():
+            if not self.sidecars() and not self.profiles() and \
+                    not aftercares_of(self.user, self.runtime):
                 return True
             time.sleep(0.05)
         return False

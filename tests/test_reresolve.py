@@ -174,7 +174,7 @@ def test_the_tunnel_follows_a_peer_whose_name_moves(
     old = servers[0]
     dns_server.point("127.0.0.1")
     client.resolv.write_text(f"nameserver {dns_server.ip}\n")
-    up = client.in_namespace("up", "-n", "wg0", "-c", str(client.conf(old)),
+    up = client.in_namespace("up", "-v", "-n", "wg0", "-c", str(client.conf(old)),
                              "--reresolve-after", str(AFTER))
     assert up.returncode == 0, up.stderr
     asked_at_start = dns_server.queries

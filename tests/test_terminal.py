@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, as_user_argv, sidecars_of, user_env
+from conftest import Stage, User, aftercares_of, as_user_argv, sidecars_of, user_env
 from peers import Keys, Net, client_config, silent_udp_port
 
 pytestmark = pytest.mark.e2e
@@ -67,13 +67,16 @@ def _profiles_in(runtime_dir: Path) -> list[Path]:
 
 
 def assert_nothing_left(user: User, runtime_dir: Path) -> None:
-    """No sidecar runs for runtime_dir and no profile directory remains, within 3 s."""
+    """No sidecar (or its aftercare) runs for runtime_dir and no profile
+    directory remains, within 3 s."""
     deadline = time.monotonic() + CLEANUP_WAIT
-    while sidecars_of(user, runtime_dir) or _profiles_in(runtime_dir):
+    while (sidecars_of(user, runtime_dir) or aftercares_of(user, runtime_dir)
+           or _profiles_in(runtime_dir)):
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert not sidecars_of(user, runtime_dir), "sidecar left running"
+    assert not aftercares_of(user, runtime_dir), "aftercare left running"
     assert _profiles_in(runtime_dir) == [], "runtime state left behind"
 
 

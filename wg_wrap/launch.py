@@ -41,11 +41,15 @@ class Sidecar:
         self.start_time = start_time
         self.pidfd = pidfd
         self.process = process
+        # The read end of its life pipe, for its aftercare process: set by
+        # start_sidecar until start_aftercare hands it over.
+        self.life_fd = -1
 
     def close(self) -> None:
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
+        for fd in (self.pidfd, self.life_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.pidfd = self.life_fd = -1
 
     def exited(self, timeout: float | None = 0.0) -> bool:
         """Whether it has ended, waiting up to timeout seconds (None: until it does)."""
@@ -101,6 +105,7 @@ def start_sidecar(
     verbose: bool,
     dns_socket: socket.socket | None = None,
     detach: bool = False,
+    enter: int = -1,
 ) -> Sidecar:
     """Create the namespaces and the sidecar in them; return once it is ready.
 
@@ -109,6 +114,9 @@ def start_sidecar(
     ``dns_socket``, given when the profile's plan for re-resolving endpoint
     names is in its directory.  ``detach``: this process is about to become
     the user's program (``run``), so the sidecar must not be its child.
+    ``enter``: the pidfd of a program left in the namespaces of a sidecar that
+    died; the new one starts in those namespaces (wg-wrap-launcher enter),
+    whose mounts are still in place, instead of new ones.
     """
     sidecar_argv = [
         paths.sidecar(), "--uapi", profile.uapi_path, "--control", profile.control_path,
@@ -125,27 +133,34 @@ def start_sidecar(
         passed.append(dns_socket)
     if verbose:
         sidecar_argv.append("-v")
-    argv = [paths.launcher(), "--expect-version", __version__, "create", *mount_ops, "--",
-            *sidecar_argv]
+    # A new sidecar enters the namespaces of the programs left inside, with
+    # their mounts; otherwise it gets new ones.
+    how = ["enter", "--pidfd", str(enter), "--cwd", "/"] if enter >= 0 else ["create", *mount_ops]
+    argv = [paths.launcher(), "--expect-version", __version__, *how, "--", *sidecar_argv]
     ready_r, ready_w = os.pipe()
+    life_r, life_w = os.pipe()
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)  # systemd's readiness is ours to report, not the sidecar's
     env["WG_WRAP_HOST_SOCKET_FD"] = str(host_socket.fileno())
     env["WG_WRAP_READY_FD"] = str(ready_w)
+    env["WG_WRAP_LIFE_FD"] = str(life_w)
     if dns_socket is not None:
         env["WG_WRAP_HOST_DNS_FD"] = str(dns_socket.fileno())
     log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        fds = (*(s.fileno() for s in passed), ready_w)
-        sidecar = (_spawn_detached if detach else _spawn_child)(argv, env, fds, log_fd)
+        fds = (*(s.fileno() for s in passed), ready_w, life_w, *([enter] if enter >= 0 else []))
+        sidecar = (_detached_sidecar if detach else _spawn_child)(argv, env, fds, log_fd)
     except OSError as e:
         os.close(ready_r)
+        os.close(life_r)
         raise SetupError(f"starting {argv[0]}: {e.strerror or e}") from e
     finally:
         os.close(ready_w)
+        os.close(life_w)
         os.close(log_fd)
         for sock in passed:
             sock.close()
+    sidecar.life_fd = life_r
     try:
         _wait_ready(ready_r, sidecar, profile.log_path, verbose)
     except BaseException:
@@ -154,6 +169,25 @@ def start_sidecar(
     finally:
         os.close(ready_r)
     return sidecar
+
+
+def start_aftercare(profile: Profile, sidecar: Sidecar) -> None:
+    """The process that looks after the profile if its sidecar dies
+    (``wg-wrap-sidecar aftercare``): it tells the programs left inside, on
+    their stderr, and removes the profile once they are gone.  Detached, in a
+    session of its own, on the host: it pins no namespace and is nobody's
+    child.  A failure to start it costs only that care: it is not an error."""
+    argv = [paths.sidecar(), "aftercare", "--pid", str(sidecar.pid),
+            "--profile-dir", profile.dir, "--life-fd", str(sidecar.life_fd)]
+    log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        _spawn_detached(argv, dict(os.environ), (sidecar.life_fd,), log_fd)
+    except OSError as e:
+        os.write(2, f"wg-wrap: warning: starting the sidecar's aftercare: {e}\n".encode())
+    finally:
+        os.close(log_fd)
+        os.close(sidecar.life_fd)
+        sidecar.life_fd = -1
 
 
 def _spawn_child(argv: list[str], env: dict[str, str], fds: Sequence[int], log_fd: int) -> Sidecar:
@@ -170,10 +204,11 @@ def _spawn_child(argv: list[str], env: dict[str, str], fds: Sequence[int], log_f
 
 def _spawn_detached(
     argv: list[str], env: dict[str, str], fds: Sequence[int], log_fd: int
-) -> Sidecar:
-    """The sidecar as a grandchild, in a session of its own: once this process
-    has become the user's program, the sidecar is not that program's child
-    (a program that reaps every child, or counts them, never sees it)."""
+) -> tuple[int, int]:
+    """Start argv as a grandchild, in a session of its own, and return its pid
+    and start time: once this process has become the user's program, what it
+    started is not that program's child (a program that reaps every child, or
+    counts them, never sees it)."""
     report_r, report_w = os.pipe()
     child = os.fork()
     if child == 0:  # the intermediate: spawn, report, vanish
@@ -201,7 +236,13 @@ def _spawn_detached(
     if len(report) != 2 or report[0] == "error":
         code = int(report[1]) if len(report) == 2 and report[1].isdigit() else 0
         raise OSError(code, os.strerror(code) if code else "the spawner failed")
-    pid, start_time = int(report[0]), int(report[1])
+    return int(report[0]), int(report[1])
+
+
+def _detached_sidecar(
+    argv: list[str], env: dict[str, str], fds: Sequence[int], log_fd: int
+) -> Sidecar:
+    pid, start_time = _spawn_detached(argv, env, fds, log_fd)
     pidfd = os.pidfd_open(pid)
     if process_start_time(pid) != start_time:  # it already ended, and its pid was reused
         os.close(pidfd)

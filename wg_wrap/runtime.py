@@ -119,6 +119,7 @@ class State:
         "name", "mode", "sidecar_pid", "sidecar_start", "config_path", "config_digest",
         "ifname", "created_at", "addresses", "dns", "mtu", "endpoints", "public_key",
         "listen_port", "ready", "published", "socks", "socks_udp", "http_proxy", "proxy_auth",
+        "netns", "userns",
     )
 
     def __init__(
@@ -145,6 +146,10 @@ class State:
         socks_udp: str = "",
         http_proxy: str = "",
         proxy_auth: bool = False,
+        # The namespaces' identities ("net:[4026532291]"): how the programs
+        # left inside are found if the sidecar dies (wg_wrap.session.heal).
+        netns: str = "",
+        userns: str = "",
     ) -> None:
         self.name = name
         self.mode = mode
@@ -166,6 +171,8 @@ class State:
         self.socks_udp = socks_udp
         self.http_proxy = http_proxy
         self.proxy_auth = proxy_auth
+        self.netns = netns
+        self.userns = userns
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -230,6 +237,16 @@ class Profile:
         except FileExistsError as e:
             raise ProfileError(f"profile directory {self.dir} already exists") from e
         _check_private_dir(self.dir)
+
+    def remove_sidecar_files(self) -> None:
+        """What a dead sidecar left that its successor must make anew: its
+        sockets and the endpoint files of its re-resolution."""
+        for name in (UAPI_SOCKET, CONTROL_SOCKET, RERESOLVE_PLAN, ENDPOINTS_FILE,
+                     STATE_FILE + ".tmp"):
+            try:
+                os.unlink(os.path.join(self.dir, name))
+            except FileNotFoundError:
+                pass
 
     def remove_dir(self) -> None:
         import shutil
@@ -321,26 +338,35 @@ def list_profiles(base: str) -> list[Profile]:
     ]
 
 
-def _net_namespace(pid: int | str) -> str | None:
+def namespace_link(pid: int | str, kind: str = "net") -> str | None:
+    """/proc/PID/ns/KIND's identity, e.g. "net:[4026532291]"; None if gone."""
     try:
-        return os.readlink(f"/proc/{pid}/ns/net")
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
     except OSError:
         return None
 
 
 def namespace_members(sidecar_pid: int) -> list[int]:
-    """Processes attached to a profile: those in its network namespace.
+    """Processes attached to a profile: those in its sidecar's network namespace.
 
     The kernel is the record: a process is attached exactly as long as it
     lives in the namespace, however it got there (a wrapped program's
-    children, a daemon that double-forked) and however its wrapper ended.
+    children, a daemon that double-forked) and however it was started.
     """
-    own = _net_namespace(sidecar_pid)
-    if own is None:
-        return []
+    own = namespace_link(sidecar_pid)
+    return [] if own is None else processes_in(own, exclude=sidecar_pid)
+
+
+def processes_in(netns: str, exclude: int = 0, userns: str = "") -> list[int]:
+    """Our processes in network namespace ``netns`` (and user namespace
+    ``userns``, when given), sorted."""
     members = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != sidecar_pid and _net_namespace(entry) == own:
+        if not entry.isdigit() or int(entry) == exclude:
+            continue
+        if namespace_link(entry) == netns and (
+            not userns or namespace_link(entry, "user") == userns
+        ):
             members.append(int(entry))
     return sorted(members)
 

@@ -23,7 +23,14 @@ from typing import NoReturn
 from wg_wrap import config as wgconfig
 from wg_wrap import dns, hostnet, keys, launch, netns, notify, publish, runtime, uapi, version
 from wg_wrap.errors import ProfileError, SetupError, UsageError
-from wg_wrap.join import Attached, attach_running, not_running, take_hold, trace
+from wg_wrap.join import (
+    EPHEMERAL_END_WAIT,
+    Attached,
+    attach_running,
+    not_running,
+    take_hold,
+    trace,
+)
 from wg_wrap.reach import ReachRequest
 from wg_wrap.runtime import Profile, State
 
@@ -44,6 +51,16 @@ def config_dir() -> str:
     if xdg and os.path.isabs(xdg):
         return os.path.join(xdg, "wg-wrap")
     return os.path.join(os.path.expanduser("~"), ".config", "wg-wrap")
+
+
+def _stranded_config(name: str) -> str | None:
+    base = runtime.base_dir(create=False)
+    if not os.path.isdir(base):
+        return None
+    state = Profile.at(base, name).read_state()
+    if state is None or not os.path.isfile(state.config_path) or not stranded(state):
+        return None
+    return state.config_path
 
 
 def named_config(name: str) -> str:
@@ -93,10 +110,12 @@ class Request:
 
     @property
     def path(self) -> str:
-        """The config file: as given, or found by the profile's name."""
+        """The config file: as given; for a profile whose sidecar died with
+        programs inside, the one it was started with (to bring it back);
+        else found by the profile's name."""
         if self.config_path is not None:
             return self.config_path
-        return named_config(self.profile_name)
+        return _stranded_config(self.profile_name) or named_config(self.profile_name)
 
 
 def load(request: Request) -> tuple[Request, wgconfig.Config]:
@@ -178,8 +197,19 @@ def _reresolution(
     return hostnet.open_dns_socket(family)
 
 
+@dataclass(frozen=True)
+class Healing:
+    """A profile whose sidecar died while programs were still inside: the
+    new sidecar starts in their namespaces (they get their network back,
+    open connections included), in its runtime directory as it was."""
+
+    state: State  # the dead sidecar's
+    member_pidfd: int  # a program left inside: the way into the namespaces
+
+
 def start_profile(
-    request: Request, cfg: wgconfig.Config, profile: Profile, mode: str
+    request: Request, cfg: wgconfig.Config, profile: Profile, mode: str,
+    healing: Healing | None = None,
 ) -> Attached:
     """Bring a profile up; the caller holds the runtime lock."""
     verbose = request.verbose
@@ -187,9 +217,15 @@ def start_profile(
     table = routing_table(cfg)
     version.check_helpers()
     with contextlib.ExitStack() as undo:
-        trace(verbose, f"mkdir {profile.dir}")
-        profile.create_dir()
-        undo.callback(profile.remove_dir)
+        if healing is None:
+            trace(verbose, f"mkdir {profile.dir}")
+            profile.create_dir()
+            undo.callback(profile.remove_dir)
+        else:
+            # What only a live sidecar may have; the mounts, hold and
+            # resolv.conf stay: the programs inside use them.
+            profile.remove_sidecar_files()
+            undo.callback(profile.write_state, healing.state)
 
         host_socket = hostnet.open_host_socket(cfg.interface.listen_port, request.listen_address)
         undo.callback(host_socket.close)
@@ -204,18 +240,24 @@ def start_profile(
         reach_sockets = publish.open_host_sockets(request.reach)
         undo.callback(reach_sockets.close)
 
-        _write_new(profile.resolv_path, resolv_conf_text(cfg, request), 0o644)
-        _write_new(profile.hold_path, "", 0o600)
+        if healing is None:
+            _write_new(profile.resolv_path, resolv_conf_text(cfg, request), 0o644)
+            _write_new(profile.hold_path, "", 0o600)
         hold_fd = take_hold(profile)
         undo.callback(os.close, hold_fd)
         mount_ops = dns.mount_ops(profile.resolv_path, dns.HostLayout.read())
         mtu = cfg.interface.mtu or DEFAULT_MTU
 
-        trace(verbose, f"wg-wrap-launcher create {' '.join(mount_ops)} -- wg-wrap-sidecar")
+        if healing is None:
+            trace(verbose, f"wg-wrap-launcher create {' '.join(mount_ops)} -- wg-wrap-sidecar")
+        else:
+            trace(verbose, "wg-wrap-launcher enter (the namespaces of the programs left "
+                  "inside) -- wg-wrap-sidecar")
         sidecar = launch.start_sidecar(
             profile, host_socket, mount_ops,
             ifname=IFNAME, mtu=mtu, ephemeral=(mode == "ephemeral"), verbose=verbose,
             dns_socket=dns_socket, detach=(mode == "ephemeral"),
+            enter=healing.member_pidfd if healing else -1,
         )
         undo.callback(sidecar.close)
         undo.callback(sidecar.stop)
@@ -231,6 +273,8 @@ def start_profile(
             endpoints=hostnet.endpoint_strings(resolved),
             public_key=keys.encode(keys.public_key(cfg.interface.private_key)),
             listen_port=listen_port, ready=False,
+            netns=runtime.namespace_link(sidecar.pid) or "",
+            userns=runtime.namespace_link(sidecar.pid, "user") or "",
         )
         profile.write_state(state)
 
@@ -249,8 +293,37 @@ def start_profile(
 
         state.ready = True
         profile.write_state(state)
+        launch.start_aftercare(profile, sidecar)
         undo.pop_all()
     return Attached(profile, sidecar, hold_fd, mode, started=True)
+
+
+def stranded(state: State) -> list[int]:
+    """The programs left in the namespaces of a profile whose sidecar is gone."""
+    if not state.netns:
+        return []
+    return runtime.processes_in(state.netns, userns=state.userns)
+
+
+def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
+         members: list[int]) -> Attached | None:
+    """Start a new sidecar in the namespaces of a dead one, entered through one
+    of the programs left inside (None: all of them are gone by now)."""
+    for pid in members:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone since the scan
+        try:
+            if runtime.namespace_link(pid) != state.netns:
+                continue  # gone, and its pid reused
+            print(f"wg-wrap: profile {profile.name}: its sidecar died with {len(members)} "
+                  f"program{'s' if len(members) != 1 else ''} inside; starting a new one in "
+                  "their namespaces", file=sys.stderr, flush=True)
+            return start_profile(request, cfg, profile, state.mode, Healing(state, pidfd))
+        finally:
+            os.close(pidfd)
+    return None
 
 
 def reap_stale(profile: Profile, state: State | None, verbose: bool) -> None:
@@ -292,6 +365,18 @@ def acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
                     raise publish.already_running(profile.name)
                 trace(request.verbose, f"joining running profile {profile.name}")
                 return attached
+        members = stranded(state) if state is not None and state.ready else []
+        if members and state is not None:
+            if state.config_digest != digest:
+                raise ProfileError(
+                    f"profile {profile.name!r} died with programs inside, under a different "
+                    f"config ({state.config_path})",
+                    hint=f"bring it back with its own config (`wg-wrap up -n {profile.name} "
+                    f"-c {state.config_path}`), or pick another name",
+                )
+            healed = heal(request, cfg, profile, state, members)
+            if healed is not None:
+                return healed
         reap_stale(profile, state, request.verbose)
         return start_profile(request, cfg, profile, mode)
 
@@ -365,25 +450,33 @@ def join_by_name(request: Request) -> Attached | None:
 
 def up(request: Request, wait: bool = True, timeout: float = 15.0) -> str:
     """``wg-wrap up``: start a persistent profile (or find it already up)."""
-    attached = join_by_name(request)
-    if attached is None:
-        request, cfg = load(request)
-        attached = acquire(request, cfg, "persistent")
-        if attached.started and wait:
-            try:
-                wait_for_handshake(attached.profile, cfg, timeout, request.verbose)
-            except BaseException:
-                stop_started(attached)
-                raise
-    attached.release()
-    attached.sidecar.close()
-    if attached.mode != "persistent":
-        raise ProfileError(
-            f"profile {attached.profile.name!r} is already running, started by `run`: "
-            "it ends with its last program",
-            hint="use another name (-n NAME) for a persistent profile",
-        )
-    return attached.profile.name
+    for _ in range(2):
+        attached = join_by_name(request)
+        if attached is None:
+            request, cfg = load(request)
+            attached = acquire(request, cfg, "persistent")
+            if attached.started and wait:
+                try:
+                    wait_for_handshake(attached.profile, cfg, timeout, request.verbose)
+                except BaseException:
+                    stop_started(attached)
+                    raise
+        attached.release()
+        if attached.mode == "persistent" or attached.started:  # started: maybe healed
+            attached.sidecar.close()
+            return attached.profile.name
+        # An ephemeral profile (`run`) of that name: with nothing left in it, it
+        # is ending (its sidecar checks every 200 ms), and a new one can start.
+        ending = not runtime.namespace_members(attached.sidecar.pid) and \
+            attached.sidecar.exited(EPHEMERAL_END_WAIT)
+        attached.sidecar.close()
+        if not ending:
+            break
+    raise ProfileError(
+        f"profile {request.profile_name!r} is already running, started by `run`: "
+        "it ends with its last program",
+        hint="use another name (-n NAME) for a persistent profile",
+    )
 
 
 class StopRequested(BaseException):
@@ -428,8 +521,9 @@ def up_foreground(request: Request, wait: bool = True, timeout: float = 15.0) ->
     """``wg-wrap up --foreground``: a persistent profile supervised by this
     process (systemd's ``Type=notify`` unit): READY=1 once the tunnel is
     configured and the first handshake is done, then wait.  SIGTERM, SIGINT or
-    SIGHUP take the profile down (exit 0); a sidecar that dies is an error
-    (exit 1), so that ``Restart=on-failure`` starts it again."""
+    SIGHUP take the profile down (exit 0).  A sidecar that dies with programs
+    inside is replaced at once, in their namespaces; one that dies with none
+    is an error (exit 1), so that ``Restart=on-failure`` starts it again."""
     with _stop_on_signals():
         try:
             notify.status("starting")
@@ -453,7 +547,13 @@ def up_foreground(request: Request, wait: bool = True, timeout: float = 15.0) ->
             notify.send(READY="1", STATUS=f"profile {name} is up")
             print(f"wg-wrap: profile {name} is up; SIGTERM or Ctrl-C takes it down",
                   file=sys.stderr, flush=True)
-            attached.sidecar.exited(None)  # blocks until the sidecar ends, or a signal
+            while True:
+                attached.sidecar.exited(None)  # blocks until the sidecar ends, or a signal
+                healed = _heal_supervised(request, cfg, attached)
+                if healed is None:
+                    break
+                attached = healed
+                notify.status(f"profile {name} is up (its sidecar died and was replaced)")
         except StopRequested:
             _take_down(attached, request.verbose)
             return 0
@@ -461,6 +561,23 @@ def up_foreground(request: Request, wait: bool = True, timeout: float = 15.0) ->
             _take_down(attached, request.verbose)
             raise
     raise _sidecar_died(attached)
+
+
+def _heal_supervised(
+    request: Request, cfg: wgconfig.Config, dead: Attached
+) -> Attached | None:
+    """The supervised sidecar died: a new one in the same namespaces if
+    programs are left in them (None: nobody is, the profile is over)."""
+    with runtime.locked(os.path.dirname(dead.profile.dir)):
+        state = dead.profile.read_state()
+        members = stranded(state) if state is not None else []
+        if state is None or not members:
+            return None
+        healed = heal(request, cfg, dead.profile, state, members)
+    if healed is not None:
+        dead.release()
+        dead.sidecar.close()
+    return healed
 
 
 def _sidecar_died(attached: Attached) -> SetupError:

@@ -42,8 +42,9 @@ def collect(profile: Profile) -> ProfileStatus:
     if state is None:
         return ProfileStatus(profile, None, False)
     sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
-    if sidecar is None:
-        return ProfileStatus(profile, state, False)
+    if sidecar is None:  # dead: programs may be left in its namespaces
+        left = runtime.processes_in(state.netns, userns=state.userns) if state.netns else []
+        return ProfileStatus(profile, state, False, members=tuple(left))
     try:
         try:
             device = uapi.UAPIClient(profile.uapi_path, timeout=UAPI_TIMEOUT).get()
@@ -90,7 +91,8 @@ def _summary(st: ProfileStatus, now: float) -> list[str]:
         return [st.profile.name, "?", "-", "-", "-", "dead", "-", "-", "-"]
     endpoint = ", ".join(state.endpoints) or "-"
     if not st.alive:
-        return [st.profile.name, state.mode, "-", "-", endpoint, "dead", "-", "-", "-"]
+        return [st.profile.name, state.mode, "-", str(len(st.members)), endpoint, "dead",
+                "-", "-", "-"]
     mode = state.mode if state.ready else "starting"
     row = [st.profile.name, mode, str(state.sidecar_pid), str(len(st.members)), endpoint]
     if st.device is None:
@@ -176,7 +178,7 @@ def as_dict(st: ProfileStatus) -> dict[str, Any]:
     if st.device is not None:
         out["peers"] = [_peer_dict(p, (st.names or {}).get(p.public_key.hex()))
                         for p in st.device.peers]
-    if st.alive:
+    if st.alive or st.members:
         out["processes"] = _processes(st.members)
     return out
 
@@ -218,6 +220,10 @@ def format_status(st: ProfileStatus) -> str:
         answer = "" if "peers" in d else f", {not_responding(d['sidecar_pid'])}"
         lines.append(f"  sidecar: pid {d['sidecar_pid']}, up {duration(now - d['created_at'])}"
                      + answer)
+    elif st.members:
+        lines.append(f"  sidecar: died; {len(st.members)} program"
+                     f"{'s' if len(st.members) != 1 else ''} left inside, with no network: "
+                     f"`wg-wrap up -n {d['name']}` brings the tunnel back for them")
     lines += [
         f"  interface: {d['interface']}",
         f"  public key: {d['public_key']}",
@@ -254,7 +260,7 @@ def format_status(st: ProfileStatus) -> str:
         ]
         if peer["persistent_keepalive"]:
             lines.append(f"  persistent keepalive: every {peer['persistent_keepalive']} seconds")
-    if d["running"]:
+    if "processes" in d:
         lines += ["", f"attached processes: {len(d['processes'])}"]
         for proc in d["processes"]:
             lines.append(f"  {proc['pid']:>7}  {proc['name']}  {' '.join(proc['cmdline'])}")

@@ -61,17 +61,14 @@ func (a *Aftercare) Tell() (int, error) {
 	type key struct{ dev, ino, rdev uint64 }
 	told := map[key]bool{}
 	for _, pid := range members {
-		// Opening /proc/PID/fd/2 opens what that descriptor refers to (a
-		// terminal, a pipe, a file); allowed for our own processes only.
-		path := filepath.Join(a.ProcRoot, strconv.Itoa(pid), "fd", "2")
-		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		fd, err := a.stderrOf(pid)
 		if err != nil {
 			continue // gone, closed, a socket, or not ours
 		}
 		var st unix.Stat_t
 		if unix.Fstat(fd, &st) == nil {
 			k := key{uint64(st.Dev), st.Ino, uint64(st.Rdev)}
-			if !told[k] {
+			if !told[k] && writable(fd) {
 				told[k] = true
 				unix.Write(fd, []byte(a.Message))
 			}
@@ -79,6 +76,34 @@ func (a *Aftercare) Tell() (int, error) {
 		unix.Close(fd)
 	}
 	return len(told), nil
+}
+
+// writable waits up to a second for room to write: a copied descriptor
+// shares the program's blocking mode, and a full pipe nobody reads must not
+// hold the aftercare up. (The message is shorter than PIPE_BUF: with room
+// for it, a pipe takes it whole.)
+func writable(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	n, err := unix.Poll(fds, 1000)
+	return err == nil && n == 1 && fds[0].Revents&unix.POLLOUT != 0
+}
+
+// stderrOf is a descriptor for what pid's fd 2 refers to: a copy of the
+// descriptor itself (pidfd_getfd: no permission on the file is needed, as
+// for a pipe another user made), or, where the kernel refuses that (Yama's
+// ptrace_scope), the file opened anew through /proc/PID/fd/2.
+func (a *Aftercare) stderrOf(pid int) (int, error) {
+	if a.ProcRoot == "/proc" {
+		if pidfd, err := unix.PidfdOpen(pid, 0); err == nil {
+			fd, err := unix.PidfdGetfd(pidfd, 2, 0)
+			unix.Close(pidfd)
+			if err == nil {
+				return fd, nil
+			}
+		}
+	}
+	path := filepath.Join(a.ProcRoot, strconv.Itoa(pid), "fd", "2")
+	return unix.Open(path, unix.O_WRONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 }
 
 // Bury waits until no process is left in the namespace, then removes the

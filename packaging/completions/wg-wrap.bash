@@ -6,15 +6,19 @@
 #    source ~/.local/share/bash_completion/wg-wrap
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_wg_wrap_subparsers=(run up exec down ls status doctor demo)
+_shtab_wg_wrap_subparsers=(run up exec down ls status doctor publish unpublish proxy check demo)
 
-_shtab_wg_wrap_run_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address)
-_shtab_wg_wrap_up_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address --no-wait --foreground --timeout)
+_shtab_wg_wrap_run_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address -p --publish --socks --http-proxy --proxy-auth-file)
+_shtab_wg_wrap_up_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address -p --publish --socks --http-proxy --proxy-auth-file --no-wait --foreground --timeout)
 _shtab_wg_wrap_exec_option_strings=(-h --help -v --verbose)
 _shtab_wg_wrap_down_option_strings=(-h --help -f --force -v --verbose)
 _shtab_wg_wrap_ls_option_strings=(-h --help -v --verbose)
 _shtab_wg_wrap_status_option_strings=(-h --help --json -v --verbose)
 _shtab_wg_wrap_doctor_option_strings=(-h --help --apparmor-profile)
+_shtab_wg_wrap_publish_option_strings=(-h --help -v --verbose)
+_shtab_wg_wrap_unpublish_option_strings=(-h --help -v --verbose)
+_shtab_wg_wrap_proxy_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address -p --publish --socks --http-proxy --proxy-auth-file --no-wait --timeout)
+_shtab_wg_wrap_check_option_strings=(-h --help -c --config --json --dns --reresolve-after --listen-address -v --verbose)
 _shtab_wg_wrap_demo_option_strings=(-h --help -v --verbose)
 _shtab_wg_wrap_option_strings=(-h --help --version)
 
@@ -29,8 +33,10 @@ _shtab_wg_wrap_up___name_COMPGEN=_wg_wrap_config_names
 _shtab_wg_wrap_exec_pos_0_COMPGEN=_wg_wrap_profiles
 _shtab_wg_wrap_down_pos_0_COMPGEN=_wg_wrap_profiles
 _shtab_wg_wrap_status_pos_0_COMPGEN=_wg_wrap_profiles
+_shtab_wg_wrap_proxy__n_COMPGEN=_wg_wrap_config_names
+_shtab_wg_wrap_proxy___name_COMPGEN=_wg_wrap_config_names
 
-_shtab_wg_wrap_pos_0_choices=(run up exec down ls status doctor demo)
+_shtab_wg_wrap_pos_0_choices=(run up exec down ls status doctor publish unpublish proxy check demo)
 
 _shtab_wg_wrap_run_pos_0_nargs=...
 _shtab_wg_wrap_run__h_nargs=0
@@ -65,6 +71,26 @@ _shtab_wg_wrap_status___verbose_nargs=0
 _shtab_wg_wrap_doctor__h_nargs=0
 _shtab_wg_wrap_doctor___help_nargs=0
 _shtab_wg_wrap_doctor___apparmor_profile_nargs=0
+_shtab_wg_wrap_publish_pos_1_nargs=+
+_shtab_wg_wrap_publish__h_nargs=0
+_shtab_wg_wrap_publish___help_nargs=0
+_shtab_wg_wrap_publish__v_nargs=0
+_shtab_wg_wrap_publish___verbose_nargs=0
+_shtab_wg_wrap_unpublish_pos_1_nargs=+
+_shtab_wg_wrap_unpublish__h_nargs=0
+_shtab_wg_wrap_unpublish___help_nargs=0
+_shtab_wg_wrap_unpublish__v_nargs=0
+_shtab_wg_wrap_unpublish___verbose_nargs=0
+_shtab_wg_wrap_proxy__h_nargs=0
+_shtab_wg_wrap_proxy___help_nargs=0
+_shtab_wg_wrap_proxy__v_nargs=0
+_shtab_wg_wrap_proxy___verbose_nargs=0
+_shtab_wg_wrap_proxy___no_wait_nargs=0
+_shtab_wg_wrap_check__h_nargs=0
+_shtab_wg_wrap_check___help_nargs=0
+_shtab_wg_wrap_check___json_nargs=0
+_shtab_wg_wrap_check__v_nargs=0
+_shtab_wg_wrap_check___verbose_nargs=0
 _shtab_wg_wrap_demo__h_nargs=0
 _shtab_wg_wrap_demo___help_nargs=0
 _shtab_wg_wrap_demo__v_nargs=0

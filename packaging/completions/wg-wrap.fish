@@ -89,8 +89,8 @@ function _shtab_wg_wrap_using
   test "$_shtab_wg_wrap_cmdpath" = "$argv"
 end
 
-set -g _shtab_wg_wrap_commands run up exec down ls status doctor demo
-set -g _shtab_wg_wrap_opts_with_value --config --dns --listen-address --name --reresolve-after --timeout -c -n
+set -g _shtab_wg_wrap_commands run up exec down ls status doctor publish unpublish proxy check demo
+set -g _shtab_wg_wrap_opts_with_value --config --dns --http-proxy --listen-address --name --proxy-auth-file --publish --reresolve-after --socks --timeout -c -n -p
 
 complete -c wg-wrap -e
 complete -c wg-wrap -f
@@ -105,6 +105,10 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s v -l verbose -d 'trace each
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s p -l publish -x -d 'reach PORT inside from ADDR:HOSTPORT on the host (repeatable; ADDR defaults to 127.0.0.1, HOSTPORT 0 picks a free port), e.g. -p 8080:80, -p [::1]:5353:53/udp'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l socks -x -d 'serve a SOCKS5 proxy into the tunnel on the host (ADDR defaults to 127.0.0.1), e.g. --socks 1080; names are resolved inside, through the tunnel'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l http-proxy -x -d 'serve an HTTP proxy (CONNECT and http:// URIs) into the tunnel on the host, e.g. --http-proxy 3128'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l proxy-auth-file -x -d 'require the USER:PASSWORD in FILE from proxy clients (SOCKS5 username/password, HTTP Basic); or set WG_WRAP_PROXY_AUTH=USER:PASSWORD. Required for a proxy on an address other than loopback'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a up -d 'start a persistent tunnel that later commands join (`exec`, `run`)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s h -l help -d 'show this help message and exit'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s c -l config -xka "(_wg_wrap_config_files)" -d 'wg-quick configuration file, e.g. -c ~/vpn/wg0.conf; without it, -n NAME reads NAME.conf from $XDG_CONFIG_HOME/wg-wrap (~/.config/wg-wrap)'
@@ -113,6 +117,10 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s v -l verbose -d 'trace each 
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s p -l publish -x -d 'reach PORT inside from ADDR:HOSTPORT on the host (repeatable; ADDR defaults to 127.0.0.1, HOSTPORT 0 picks a free port), e.g. -p 8080:80, -p [::1]:5353:53/udp'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l socks -x -d 'serve a SOCKS5 proxy into the tunnel on the host (ADDR defaults to 127.0.0.1), e.g. --socks 1080; names are resolved inside, through the tunnel'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l http-proxy -x -d 'serve an HTTP proxy (CONNECT and http:// URIs) into the tunnel on the host, e.g. --http-proxy 3128'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l proxy-auth-file -x -d 'require the USER:PASSWORD in FILE from proxy clients (SOCKS5 username/password, HTTP Basic); or set WG_WRAP_PROXY_AUTH=USER:PASSWORD. Required for a proxy on an address other than loopback'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l no-wait -d 'return at once instead of waiting for the first handshake (e.g. for a server, or a peer that is not up yet)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l foreground -d 'stay in the foreground until SIGTERM or Ctrl-C, then take the profile down; tell systemd (Type=notify) when the tunnel is up; exit non-zero if the sidecar dies'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l timeout -x -d 'how long to wait for the first handshake, e.g. --timeout 30 (default: 15)'
@@ -136,6 +144,34 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using status; and test $_shtab_wg_wrap_np
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a doctor -d 'check that this machine can run wg-wrap, and say how to fix it'
 complete -c wg-wrap -n '_shtab_wg_wrap_using doctor' -s h -l help -d 'show this help message and exit'
 complete -c wg-wrap -n '_shtab_wg_wrap_using doctor' -l apparmor-profile -d 'print the AppArmor profile that lets this installation'"'"'s launcher create user namespaces (for `sudo install -m 0644 /dev/stdin /etc/apparmor.d/…`), and exit'
+complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a publish -d 'publish ports of a running profile on the host'
+complete -c wg-wrap -n '_shtab_wg_wrap_using publish' -s h -l help -d 'show this help message and exit'
+complete -c wg-wrap -n '_shtab_wg_wrap_using publish' -s v -l verbose -d 'trace each step'
+complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a unpublish -d 'stop publishing ports of a running profile'
+complete -c wg-wrap -n '_shtab_wg_wrap_using unpublish' -s h -l help -d 'show this help message and exit'
+complete -c wg-wrap -n '_shtab_wg_wrap_using unpublish' -s v -l verbose -d 'trace each step'
+complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a proxy -d 'serve a SOCKS5 or HTTP proxy into the tunnel, with no program inside'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -s h -l help -d 'show this help message and exit'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -s c -l config -x -d 'wg-quick configuration file, e.g. -c ~/vpn/wg0.conf'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -s n -l name -xka "(_wg_wrap_config_names)" -d 'profile name (default: the config file'"'"'s name without .conf, e.g. wg0); commands run with the same name share one tunnel'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -s v -l verbose -d 'trace each setup step (e.g. `[#] ip address add 10.0.0.2/32 dev tun0`), log the sidecar verbosely (sidecar.log in the runtime directory), show tracebacks'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -s p -l publish -x -d 'reach PORT inside from ADDR:HOSTPORT on the host (repeatable; ADDR defaults to 127.0.0.1, HOSTPORT 0 picks a free port), e.g. -p 8080:80, -p [::1]:5353:53/udp'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l socks -x -d 'serve a SOCKS5 proxy into the tunnel on the host (ADDR defaults to 127.0.0.1), e.g. --socks 1080; names are resolved inside, through the tunnel'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l http-proxy -x -d 'serve an HTTP proxy (CONNECT and http:// URIs) into the tunnel on the host, e.g. --http-proxy 3128'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l proxy-auth-file -x -d 'require the USER:PASSWORD in FILE from proxy clients (SOCKS5 username/password, HTTP Basic); or set WG_WRAP_PROXY_AUTH=USER:PASSWORD. Required for a proxy on an address other than loopback'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l no-wait -d 'do not wait for the first handshake before serving'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l timeout -x -d 'how long to wait for the first handshake (default: 15)'
+complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a check -d 'test a profile for leaks: a table of pass/fail lines'
+complete -c wg-wrap -n '_shtab_wg_wrap_using check' -s h -l help -d 'show this help message and exit'
+complete -c wg-wrap -n '_shtab_wg_wrap_using check' -s c -l config -x -d 'start a fresh profile from FILE for the check, and stop it after'
+complete -c wg-wrap -n '_shtab_wg_wrap_using check' -l json -d 'machine-readable output'
+complete -c wg-wrap -n '_shtab_wg_wrap_using check' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
+complete -c wg-wrap -n '_shtab_wg_wrap_using check' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
+complete -c wg-wrap -n '_shtab_wg_wrap_using check' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
+complete -c wg-wrap -n '_shtab_wg_wrap_using check' -s v -l verbose -d 'trace each step'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a demo -d 'show wg-wrap working with no VPN account (a local peer on 127.0.0.1)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using demo' -s h -l help -d 'show this help message and exit'
 complete -c wg-wrap -n '_shtab_wg_wrap_using demo' -s v -l verbose -d 'trace each setup step (e.g. `[#] ip address add 10.0.0.2/32 dev tun0`), log the sidecar verbosely (sidecar.log in the runtime directory), show tracebacks'

@@ -71,7 +71,8 @@ def timed(argv: list[str], runs: int) -> list[float]:
 
 
 def ms(values: list[float]) -> str:
-    return f"median {statistics.median(values):6.1f} ms  (min {min(values):.1f}, max {max(values):.1f})"
+    median = statistics.median(values)
+    return f"median {median:6.1f} ms  (min {min(values):.1f}, max {max(values):.1f})"
 
 
 class Tool:

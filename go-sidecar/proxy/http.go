@@ -1,37 +1,43 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
-	"log"
 	"net"
-	"net/http"
-	"net/http/httputil"
+	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"wg-wrap/go-sidecar/forward"
 )
 
-// HTTP is an HTTP proxy: CONNECT (any TCP port, the bytes then relayed
-// as they are) and requests with an absolute http:// URI, forwarded with
-// net/http's reverse proxy. With Auth set, clients must send
+// HTTP is an HTTP/1.1 proxy: CONNECT (to any TCP port; the bytes are then
+// relayed as they are) and requests with an absolute http:// URI, one per
+// client connection: the request goes to the origin with its path alone and
+// `Connection: close`, without the proxy's own headers, and the answer comes
+// back as the origin sent it but for `Connection: close`. Bodies, chunked or
+// not, pass through untouched. With Auth set, clients must send
 // Proxy-Authorization: Basic.
+//
+// It is written on the socket rather than with net/http, which would cost
+// every sidecar ~2.7 MiB of memory from its start, proxy or not
+// (docs/benchmarks.md): a proxy only needs to read one request head.
 type HTTP struct {
 	Auth *Credentials // nil: no authentication
 	Dial DialFunc     // nil: net.Dialer with DialTimeout
 	Logf func(format string, args ...any)
 
-	mu        sync.Mutex // guards server and closed
-	server    *http.Server
-	closed    bool
-	forwarder *httputil.ReverseProxy
-	transport *http.Transport
-	group     forward.Group // tunnels made by CONNECT, which the server no longer tracks
+	group forward.Group
 }
+
+const (
+	maxHeadBytes = 64 << 10 // a request or response head, all lines together
+	maxHeadLines = 200
+)
 
 // Serve answers clients on l until Close; it returns nil then, or the
 // error that stopped it. It may be called once.
@@ -42,83 +48,197 @@ func (p *HTTP) Serve(l *net.TCPListener) error {
 	if p.Logf == nil {
 		p.Logf = func(string, ...any) {}
 	}
-	p.transport = &http.Transport{
-		DialContext: p.Dial,
-		Proxy:       nil, // never a proxy of its own, whatever the environment says
-		// The client's Accept-Encoding and the origin's encoding pass
-		// through untouched.
-		DisableCompression:    true,
-		ForceAttemptHTTP2:     false,
-		MaxIdleConns:          64,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 0, // a slow origin is the client's business
-	}
-	p.forwarder = &httputil.ReverseProxy{
-		// The request goes where its absolute URI says. Rewrite (rather than
-		// Director) also drops any X-Forwarded-* header and adds none: the
-		// origin learns nothing about the client.
-		Rewrite:      func(r *httputil.ProxyRequest) { r.Out.Host = r.In.Host },
-		Transport:    p.transport,
-		ErrorHandler: p.badGateway,
-		ErrorLog:     log.New(io.Discard, "", 0),
-	}
-	server := &http.Server{
-		Handler:           p,
-		ReadHeaderTimeout: HandshakeTimeout,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          log.New(io.Discard, "", 0),
-	}
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	if !p.group.Add(l) { // closed before it started
 		l.Close()
 		return nil
 	}
-	p.server = server
-	p.mu.Unlock()
-	err := server.Serve(l) // returns at once if Close came in between
-	p.transport.CloseIdleConnections()
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
+	var delay time.Duration
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var retry bool
+			if delay, retry = forward.AcceptBackoff(err, delay); retry {
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if !p.group.Add(c) {
+			c.Close()
+			return nil
+		}
+		if !p.group.Go(func() { p.handle(c) }) {
+			p.group.Remove(c)
+			c.Close()
+			return nil
+		}
 	}
-	return err
 }
 
 // Close stops the proxy and ends every connection.
 func (p *HTTP) Close() error {
-	p.mu.Lock()
-	p.closed = true
-	server := p.server
-	p.mu.Unlock()
-	var err error
-	if server != nil {
-		err = server.Close()
-	}
 	p.group.Close()
-	return err
+	return nil
 }
 
-func (p *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if p.Auth != nil && !p.authorized(r) {
-		w.Header().Set("Proxy-Authenticate", `Basic realm="wg-wrap"`)
-		http.Error(w, "proxy authentication required", http.StatusProxyAuthRequired)
+// head is a request or response head: its first line and header lines.
+type head struct {
+	first  [3]string // method, target, version; or version, status, reason
+	fields []string  // "Name: value", as sent
+}
+
+// readHead reads a head up to its blank line; a request's first line has
+// three parts, a response's reason phrase may be empty.
+func readHead(r *bufio.Reader, request bool) (*head, error) {
+	h := &head{}
+	size := 0
+	for n := 0; ; n++ {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			return nil, fmt.Errorf("reading the head: %w", err)
+		}
+		if size += len(line); size > maxHeadBytes || n > maxHeadLines {
+			return nil, errors.New("head too large")
+		}
+		text := strings.TrimSuffix(strings.TrimSuffix(string(line), "\n"), "\r")
+		if strings.ContainsAny(text, "\r\x00") {
+			return nil, errors.New("a bare CR or NUL in the head")
+		}
+		if n == 0 {
+			parts := strings.SplitN(text, " ", 3)
+			if len(parts) < 2 || (request && (len(parts) != 3 || !isToken(parts[0]))) {
+				return nil, fmt.Errorf("malformed first line %q", text)
+			}
+			copy(h.first[:], parts)
+			version := h.first[2]
+			if !request {
+				version = h.first[0]
+			}
+			if !strings.HasPrefix(version, "HTTP/1.") {
+				return nil, fmt.Errorf("not HTTP/1.x: %q", version)
+			}
+			continue
+		}
+		if text == "" {
+			return h, nil
+		}
+		if name, _, ok := strings.Cut(text, ":"); !ok || !isToken(name) {
+			// obsolete line folding (a leading space) included
+			return nil, fmt.Errorf("malformed header line %q", text)
+		}
+		h.fields = append(h.fields, text)
+	}
+}
+
+// isToken reports whether s is an RFC 9110 token: what a header name is.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func fieldName(field string) string {
+	name, _, _ := strings.Cut(field, ":")
+	return strings.TrimSpace(name)
+}
+
+func fieldValue(field string) string {
+	_, value, _ := strings.Cut(field, ":")
+	return strings.TrimSpace(value)
+}
+
+// get is the first value of header name.
+func (h *head) get(name string) string {
+	for _, f := range h.fields {
+		if strings.EqualFold(fieldName(f), name) {
+			return fieldValue(f)
+		}
+	}
+	return ""
+}
+
+// hopByHop are the headers that concern one connection, not the message,
+// and the proxy's own: they never travel on; neither do the ones a
+// Connection header names.
+var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authorization",
+	"Proxy-Authenticate", "TE", "Trailer", "Upgrade"}
+
+// forwarded writes the head with its first line, its end-to-end headers
+// and `Connection: close`.
+func (h *head) forwarded(first string) []byte {
+	drop := map[string]bool{}
+	for _, name := range hopByHop {
+		drop[strings.ToLower(name)] = true
+	}
+	for _, f := range h.fields {
+		if strings.EqualFold(fieldName(f), "Connection") {
+			for _, token := range strings.Split(fieldValue(f), ",") {
+				drop[strings.ToLower(strings.TrimSpace(token))] = true
+			}
+		}
+	}
+	var b strings.Builder
+	b.WriteString(first + "\r\n")
+	for _, f := range h.fields {
+		if !drop[strings.ToLower(fieldName(f))] {
+			b.WriteString(f + "\r\n")
+		}
+	}
+	b.WriteString("Connection: close\r\n\r\n")
+	return []byte(b.String())
+}
+
+func (p *HTTP) handle(c net.Conn) {
+	defer p.group.Remove(c)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(HandshakeTimeout))
+	r := bufio.NewReader(c)
+	req, err := readHead(r, true)
+	if err != nil {
+		respond(c, 400, "Bad Request", "wg-wrap proxy: "+err.Error())
 		return
 	}
-	switch {
-	case r.Method == http.MethodConnect:
-		p.connect(w, r)
-	case r.URL.IsAbs() && r.URL.Scheme == "http" && r.URL.Host != "":
-		r.Header.Del("Proxy-Authorization")
-		r.Header.Del("Proxy-Connection")
-		p.forwarder.ServeHTTP(w, r)
-	default:
-		http.Error(w, "this is a proxy: send CONNECT or an absolute http:// URI", http.StatusBadRequest)
+	if p.Auth != nil && !p.authorized(req.get("Proxy-Authorization")) {
+		respond(c, 407, "Proxy Authentication Required", "proxy authentication required",
+			`Proxy-Authenticate: Basic realm="wg-wrap"`)
+		return
 	}
+	method, target := req.first[0], req.first[1]
+	switch {
+	case method == "CONNECT":
+		p.connect(c, r, target)
+	case len(target) > 7 && strings.EqualFold(target[:7], "http://"):
+		p.forward(c, r, req)
+	default:
+		respond(c, 400, "Bad Request",
+			"this is a proxy: send CONNECT or an absolute http:// URI")
+	}
+}
+
+// respond sends a short answer of the proxy's own, on a connection it closes.
+func respond(c net.Conn, status int, reason, body string, fields ...string) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", status, reason)
+	for _, f := range fields {
+		b.WriteString(f + "\r\n")
+	}
+	fmt.Fprintf(&b, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"+
+		"Connection: close\r\n\r\n%s\n", len(body)+1, body)
+	io.WriteString(c, b.String())
 }
 
 // authorized checks Proxy-Authorization: Basic base64(user:password).
-func (p *HTTP) authorized(r *http.Request) bool {
-	scheme, encoded, ok := strings.Cut(r.Header.Get("Proxy-Authorization"), " ")
+func (p *HTTP) authorized(value string) bool {
+	scheme, encoded, ok := strings.Cut(value, " ")
 	if !ok || !strings.EqualFold(scheme, "Basic") {
 		return false
 	}
@@ -130,62 +250,144 @@ func (p *HTTP) authorized(r *http.Request) bool {
 	return ok && p.Auth.Match(user, password)
 }
 
-func (p *HTTP) badGateway(w http.ResponseWriter, r *http.Request, err error) {
-	p.Logf("http proxy: %s %s: %v", r.Method, r.URL, err)
-	http.Error(w, "wg-wrap proxy: "+err.Error(), http.StatusBadGateway)
+func (p *HTTP) dial(address string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
+	defer cancel()
+	return p.Dial(ctx, "tcp", address)
+}
+
+// early passes on the bytes the client sent after its head, which r has
+// already read (a TLS ClientHello, a request body).
+func early(r *bufio.Reader, out net.Conn) error {
+	if n := r.Buffered(); n > 0 {
+		data, _ := r.Peek(n)
+		if _, err := out.Write(data); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // connect serves CONNECT host:port: a TCP connection from inside, then the
 // bytes both ways, spliced by the kernel.
-func (p *HTTP) connect(w http.ResponseWriter, r *http.Request) {
-	host, port, err := net.SplitHostPort(r.Host)
+func (p *HTTP) connect(c net.Conn, r *bufio.Reader, target string) {
+	host, port, err := net.SplitHostPort(target)
 	if err != nil || host == "" || port == "" {
-		http.Error(w, "CONNECT needs host:port", http.StatusBadRequest)
+		respond(c, 400, "Bad Request", "CONNECT needs host:port")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), DialTimeout)
-	out, err := p.Dial(ctx, "tcp", r.Host)
-	cancel()
+	out, err := p.dial(target)
 	if err != nil {
-		p.badGateway(w, r, err)
+		p.Logf("http proxy: CONNECT %s: %v", target, err)
+		respond(c, 502, "Bad Gateway", "wg-wrap proxy: "+err.Error())
 		return
 	}
-	hijacker, ok := w.(http.Hijacker)
-	if !ok {
+	if !p.group.Add(out) {
 		out.Close()
-		http.Error(w, "cannot take over the connection", http.StatusInternalServerError)
 		return
 	}
-	client, buffered, err := hijacker.Hijack()
+	defer p.group.Remove(out)
+	c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		out.Close()
+		return
+	}
+	if early(r, out) != nil {
+		out.Close()
+		return
+	}
+	forward.Pipe(c, out)
+}
+
+// splitAbsolute takes http://[user@]host[:port]/path?query apart.
+func splitAbsolute(target string) (hostport, path string, err error) {
+	rest := target[len("http://"):]
+	authority, path := rest, "/"
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		authority, path = rest[:i], rest[i:]
+		if path[0] == '?' {
+			path = "/" + path
+		}
+	}
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		authority = authority[i+1:]
+	}
+	host, port, err := net.SplitHostPort(authority)
+	if err != nil { // no port
+		host, port = strings.TrimSuffix(strings.TrimPrefix(authority, "["), "]"), "80"
+	}
+	if host == "" {
+		return "", "", fmt.Errorf("no host in %q", target)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", "", fmt.Errorf("bad port in %q", target)
+	}
+	return net.JoinHostPort(host, port), path, nil
+}
+
+// forward sends one request with an absolute URI to its origin, inside, and
+// its answer back.
+func (p *HTTP) forward(c net.Conn, r *bufio.Reader, req *head) {
+	hostport, path, err := splitAbsolute(req.first[1])
 	if err != nil {
+		respond(c, 400, "Bad Request", "wg-wrap proxy: "+err.Error())
+		return
+	}
+	out, err := p.dial(hostport)
+	if err != nil {
+		p.Logf("http proxy: %s %s: %v", req.first[0], req.first[1], err)
+		respond(c, 502, "Bad Gateway", "wg-wrap proxy: "+err.Error())
+		return
+	}
+	if !p.group.Add(out) {
 		out.Close()
 		return
 	}
-	if !p.group.Add(client) || !p.group.Add(out) {
-		client.Close()
-		out.Close()
+	defer p.group.Remove(out)
+	defer out.Close()
+	if req.get("Host") == "" {
+		req.fields = append(req.fields, "Host: "+hostport)
+	}
+	c.SetDeadline(time.Time{})
+	if _, err := out.Write(req.forwarded(req.first[0] + " " + path + " HTTP/1.1")); err != nil {
 		return
 	}
+	if early(r, out) != nil {
+		return
+	}
+	// The rest of the request (its body) goes on while the answer comes back.
 	p.group.Go(func() {
-		defer p.group.Remove(client)
-		defer p.group.Remove(out)
-		client.SetDeadline(time.Time{})
-		if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-			client.Close()
-			out.Close()
+		r.Discard(r.Buffered())
+		io.Copy(out, r)
+		forward.CloseWrite(out)
+	})
+	answer := bufio.NewReader(out)
+	for {
+		resp, err := readHead(answer, false)
+		if err != nil {
+			respond(c, 502, "Bad Gateway", "wg-wrap proxy: the origin's answer: "+err.Error())
 			return
 		}
-		// Bytes the client sent right after its request (a TLS ClientHello,
-		// say) are already read into the server's buffer: pass them on
-		// first, then let the kernel move the rest.
-		if n := buffered.Reader.Buffered(); n > 0 {
-			early, _ := buffered.Reader.Peek(n)
-			if _, err := out.Write(early); err != nil {
-				client.Close()
-				out.Close()
+		first := strings.Join(resp.first[:], " ")
+		if strings.HasPrefix(resp.first[1], "1") && resp.first[1] != "101" {
+			// Interim answers (100 Continue) pass as they are; the final one follows.
+			var b strings.Builder
+			for _, line := range append([]string{first}, resp.fields...) {
+				b.WriteString(line + "\r\n")
+			}
+			if _, err := io.WriteString(c, b.String()+"\r\n"); err != nil {
 				return
 			}
+			continue
 		}
-		forward.Pipe(client, out)
-	})
+		if _, err := c.Write(resp.forwarded(strings.TrimRight(first, " "))); err != nil {
+			return
+		}
+		break
+	}
+	if early(answer, c) != nil {
+		return
+	}
+	answer.Discard(answer.Buffered())
+	io.Copy(c, answer) // the rest, until the origin closes: spliced from out
 }

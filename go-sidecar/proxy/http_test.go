@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -157,4 +158,145 @@ func TestHTTPRefusals(t *testing.T) {
 			t.Errorf("%q: %v %v, want %d", tc.request, resp, err, tc.status)
 		}
 	}
+}
+
+func TestSplitAbsolute(t *testing.T) {
+	for target, want := range map[string][2]string{
+		"http://origin.test/a?b":          {"origin.test:80", "/a?b"},
+		"http://origin.test":              {"origin.test:80", "/"},
+		"HTTP://origin.test:8080?x=1":     {"origin.test:8080", "/?x=1"},
+		"http://user:pw@origin.test:81/p": {"origin.test:81", "/p"},
+		"http://[::1]:8080/v6":            {"[::1]:8080", "/v6"},
+		"http://[::1]/v6":                 {"[::1]:80", "/v6"},
+	} {
+		hostport, path, err := splitAbsolute(target)
+		if err != nil || [2]string{hostport, path} != want {
+			t.Errorf("splitAbsolute(%q) = %q, %q, %v; want %q", target, hostport, path, err, want)
+		}
+	}
+	for _, bad := range []string{"http:///nohost", "http://origin.test:0/", "http://origin.test:99999/"} {
+		if _, _, err := splitAbsolute(bad); err == nil {
+			t.Errorf("splitAbsolute(%q) accepted", bad)
+		}
+	}
+}
+
+// rawOrigin answers one request with what it read (head and body), after an
+// optional interim answer.
+func rawOrigin(t *testing.T, interim bool) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		req, err := readHead(r, true)
+		if err != nil {
+			return
+		}
+		body := make([]byte, 0, 64)
+		if req.get("Transfer-Encoding") == "chunked" {
+			for line, err := r.ReadString('\n'); err == nil; line, err = r.ReadString('\n') {
+				body = append(body, line...)
+				if line == "0\r\n" {
+					r.ReadString('\n')
+					break
+				}
+			}
+		}
+		if interim {
+			io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+		}
+		text := strings.Join(append([]string{strings.Join(req.first[:], " ")}, req.fields...), "\n") +
+			"\nbody=" + strconv.Quote(string(body)) + "\n"
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Origin: yes\r\n\r\n%s", text)
+	}()
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+func TestHTTPForwardsHeadersBodiesAndInterimAnswers(t *testing.T) {
+	o := rawOrigin(t, true)
+	_, addr, _ := startHTTP(t, nil)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "POST http://origin.test:%d/up HTTP/1.1\r\nHost: origin.test:%d\r\n"+
+		"Connection: keep-alive, X-Hop\r\nX-Hop: gone\r\nProxy-Connection: keep-alive\r\n"+
+		"X-Kept: yes\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", o.Port(), o.Port())
+	got, err := io.ReadAll(c) // the proxy closes after the answer
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(got)
+	for _, want := range []string{
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", "X-Origin: yes\r\n", "Connection: close\r\n",
+		fmt.Sprintf("POST /up HTTP/1.1\nHost: origin.test:%d\nX-Kept: yes\nTransfer-Encoding: chunked\nConnection: close\n", o.Port()),
+		`body="5\r\nhello\r\n0\r\n"`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("missing %q in:\n%s", want, text)
+		}
+	}
+	for _, gone := range []string{"X-Hop", "Proxy-Connection", "keep-alive", "Keep-Alive"} {
+		if strings.Contains(text, gone) {
+			t.Errorf("%q travelled on:\n%s", gone, text)
+		}
+	}
+}
+
+func TestHTTPRefusesMalformedHeads(t *testing.T) {
+	_, addr, _ := startHTTP(t, nil)
+	for _, request := range []string{
+		"GET http://origin.test/\r\n\r\n",                                                   // no version
+		"GET http://origin.test/ SPDY/3\r\n\r\n",                                            // not HTTP/1.x
+		"GET http://origin.test/ HTTP/1.1\r\n folded: x\r\n\r\n",                            // obsolete line folding
+		"GET http://origin.test/ HTTP/1.1\r\nno colon\r\n\r\n",                              // not a header
+		"GET http://origin.test/ HTTP/1.1\r\n" + strings.Repeat("X-A: b\r\n", 300) + "\r\n", // too long
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, request)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		c.Close()
+		if err != nil || resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%q: %v %v, want 400", request[:min(len(request), 40)], resp, err)
+		}
+	}
+}
+
+func FuzzReadHead(f *testing.F) {
+	f.Add([]byte("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n"), true)
+	f.Add([]byte("HTTP/1.1 200 OK\r\nX: y\r\n\r\nbody"), false)
+	f.Add([]byte("CONNECT a:1 HTTP/1.0\r\n\r\n"), true)
+	f.Fuzz(func(t *testing.T, data []byte, request bool) {
+		h, err := readHead(bufio.NewReader(strings.NewReader(string(data))), request)
+		if err != nil {
+			return
+		}
+		if !strings.HasPrefix(h.first[map[bool]int{true: 2, false: 0}[request]], "HTTP/1.") {
+			t.Fatalf("accepted a head that is not HTTP/1.x: %q", h.first)
+		}
+		for _, f := range h.fields {
+			if strings.ContainsAny(f, "\r\n") || !strings.Contains(f, ":") {
+				t.Fatalf("accepted header line %q", f)
+			}
+		}
+		out := string(h.forwarded("X"))
+		if !strings.HasSuffix(out, "Connection: close\r\n\r\n") || strings.Count(out, "\r\n\r\n") != 1 {
+			t.Fatalf("forwarded head %q", out)
+		}
+	})
 }

@@ -421,6 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from wg_wrap import join
 
             return join.exec_in(*fast)
+        if arguments == ["ls"]:  # nothing for argparse to do: no parser to build
+            from wg_wrap import status
+
+            return status.show_list()
         args = build_parser().parse_args(arguments)
         verbose = bool(getattr(args, "verbose", False))
         return dispatch(args)

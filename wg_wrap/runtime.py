@@ -357,6 +357,18 @@ def namespace_members(sidecar_pid: int) -> list[int]:
     return [] if own is None else processes_in(own, exclude=sidecar_pid)
 
 
+def processes_by_netns() -> dict[str, list[int]]:
+    """Every process of ours by network namespace: one /proc scan for
+    everything `ls` shows."""
+    found: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            link = namespace_link(entry)
+            if link is not None:
+                found.setdefault(link, []).append(int(entry))
+    return found
+
+
 def processes_in(netns: str, exclude: int = 0, userns: str = "") -> list[int]:
     """Our processes in network namespace ``netns`` (and user namespace
     ``userns``, when given), sorted."""

@@ -37,7 +37,9 @@ def _endpoint_names(profile: Profile) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def collect(profile: Profile) -> ProfileStatus:
+def collect(profile: Profile, by_netns: dict[str, list[int]] | None = None) -> ProfileStatus:
+    """One profile's status; ``by_netns`` (runtime.processes_by_netns) saves
+    a /proc scan per profile when there are several."""
     state = profile.read_state()
     if state is None:
         return ProfileStatus(profile, None, False)
@@ -50,9 +52,13 @@ def collect(profile: Profile) -> ProfileStatus:
             device = uapi.UAPIClient(profile.uapi_path, timeout=UAPI_TIMEOUT).get()
         except UAPIError:
             device = None  # shown as not responding
+        if by_netns is None:
+            members = runtime.namespace_members(sidecar.pid)
+        else:
+            netns = runtime.namespace_link(sidecar.pid) or ""
+            members = [pid for pid in by_netns.get(netns, []) if pid != sidecar.pid]
         return ProfileStatus(
-            profile, state, True, device, tuple(runtime.namespace_members(sidecar.pid)),
-            _endpoint_names(profile),
+            profile, state, True, device, tuple(members), _endpoint_names(profile),
         )
     finally:
         sidecar.close()
@@ -60,7 +66,9 @@ def collect(profile: Profile) -> ProfileStatus:
 
 def all_profiles() -> list[ProfileStatus]:
     base = runtime.base_dir(create=False)
-    return [collect(p) for p in runtime.list_profiles(base)]
+    profiles = runtime.list_profiles(base)
+    by_netns = runtime.processes_by_netns() if len(profiles) > 1 else None
+    return [collect(p, by_netns) for p in profiles]
 
 
 def human_bytes(n: int) -> str:

@@ -18,9 +18,12 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from wg_wrap.config import Config, Endpoint, IPNetwork, Peer
 from wg_wrap.errors import UAPIError
+
+if TYPE_CHECKING:  # ls and status need no config parser
+    from wg_wrap.config import Config, Endpoint, IPNetwork, Peer
 
 __all__ = [
     "DeviceStatus",

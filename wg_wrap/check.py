@@ -20,7 +20,8 @@ from typing import Any
 
 from wg_wrap import launch, runtime, uapi
 from wg_wrap.errors import ProfileError, SetupError
-from wg_wrap.join import Attached, attach_running, leave, not_running, trace
+from wg_wrap.join import not_running
+from wg_wrap.lifetime import Attached, attach_running, leave, trace
 from wg_wrap.runtime import Profile
 
 # WireGuard's REJECT_AFTER_TIME: older session keys are not used any more,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import signal
 import sys
 
-from wg_wrap import session
+from wg_wrap import lifetime, session
 from wg_wrap.errors import SetupError, UsageError
-from wg_wrap.join import leave
+from wg_wrap.lifetime import leave
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
@@ -29,7 +29,7 @@ def serve(request: session.Request, wait: bool = True, timeout: float = 15.0) ->
         try:
             session.wait_for_handshake(attached.profile, cfg, timeout, request.verbose)
         except BaseException:
-            session.stop_started(attached)
+            lifetime.stop_started(attached)
             raise
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from wg_wrap import launch, runtime
 from wg_wrap.control import ControlClient
 from wg_wrap.errors import ProfileError, SetupError
-from wg_wrap.join import not_running, trace
+from wg_wrap.join import not_running
+from wg_wrap.lifetime import trace
 from wg_wrap.reach import IPAddress, PortSpec, ProxySpec, ReachRequest
 from wg_wrap.runtime import Profile, State
 

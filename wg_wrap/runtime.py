@@ -316,16 +316,6 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def process_state(pid: int) -> str:
-    """The state letter of /proc/PID/stat (R, S, T for stopped…); "" if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return ""
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
-
-
 def list_profiles(base: str) -> list[Profile]:
     try:
         names = sorted(os.listdir(base))
@@ -336,56 +326,3 @@ def list_profiles(base: str) -> list[Profile]:
         for n in names
         if _valid_name(n) and os.path.isdir(os.path.join(base, n))
     ]
-
-
-def namespace_link(pid: int | str, kind: str = "net") -> str | None:
-    """/proc/PID/ns/KIND's identity, e.g. "net:[4026532291]"; None if gone."""
-    try:
-        return os.readlink(f"/proc/{pid}/ns/{kind}")
-    except OSError:
-        return None
-
-
-def namespace_members(sidecar_pid: int) -> list[int]:
-    """Processes attached to a profile: those in its sidecar's network namespace.
-
-    The kernel is the record: a process is attached exactly as long as it
-    lives in the namespace, however it got there (a wrapped program's
-    children, a daemon that double-forked) and however it was started.
-    """
-    own = namespace_link(sidecar_pid)
-    return [] if own is None else processes_in(own, exclude=sidecar_pid)
-
-
-def processes_by_netns() -> dict[str, list[int]]:
-    """Every process of ours by network namespace: one /proc scan for
-    everything `ls` shows."""
-    found: dict[str, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            link = namespace_link(entry)
-            if link is not None:
-                found.setdefault(link, []).append(int(entry))
-    return found
-
-
-def processes_in(netns: str, exclude: int = 0, userns: str = "") -> list[int]:
-    """Our processes in network namespace ``netns`` (and user namespace
-    ``userns``, when given), sorted."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == exclude:
-            continue
-        if namespace_link(entry) == netns and (
-            not userns or namespace_link(entry, "user") == userns
-        ):
-            members.append(int(entry))
-    return sorted(members)
-
-
-def process_name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"

@@ -23,11 +23,16 @@ from typing import NoReturn
 from wg_wrap import config as wgconfig
 from wg_wrap import dns, hostnet, keys, launch, netns, notify, publish, runtime, uapi, version
 from wg_wrap.errors import ProfileError, SetupError, UsageError
-from wg_wrap.join import (
+from wg_wrap.join import not_running
+from wg_wrap.lifetime import (
     EPHEMERAL_END_WAIT,
     Attached,
     attach_running,
-    not_running,
+    namespace_link,
+    namespace_members,
+    reap_stale,
+    stop_started,
+    stranded,
     take_hold,
     trace,
 )
@@ -273,8 +278,8 @@ def start_profile(
             endpoints=hostnet.endpoint_strings(resolved),
             public_key=keys.encode(keys.public_key(cfg.interface.private_key)),
             listen_port=listen_port, ready=False,
-            netns=runtime.namespace_link(sidecar.pid) or "",
-            userns=runtime.namespace_link(sidecar.pid, "user") or "",
+            netns=namespace_link(sidecar.pid) or "",
+            userns=namespace_link(sidecar.pid, "user") or "",
         )
         profile.write_state(state)
 
@@ -298,13 +303,6 @@ def start_profile(
     return Attached(profile, sidecar, hold_fd, mode, started=True)
 
 
-def stranded(state: State) -> list[int]:
-    """The programs left in the namespaces of a profile whose sidecar is gone."""
-    if not state.netns:
-        return []
-    return runtime.processes_in(state.netns, userns=state.userns)
-
-
 def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
          members: list[int]) -> Attached | None:
     """Start a new sidecar in the namespaces of a dead one, entered through one
@@ -315,7 +313,7 @@ def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
         except OSError:
             continue  # gone since the scan
         try:
-            if runtime.namespace_link(pid) != state.netns:
+            if namespace_link(pid) != state.netns:
                 continue  # gone, and its pid reused
             print(f"wg-wrap: profile {profile.name}: its sidecar died with {len(members)} "
                   f"program{'s' if len(members) != 1 else ''} inside; starting a new one in "
@@ -324,21 +322,6 @@ def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
         finally:
             os.close(pidfd)
     return None
-
-
-def reap_stale(profile: Profile, state: State | None, verbose: bool) -> None:
-    """Remove what a crashed sidecar or killed wrapper left behind; the
-    caller holds the runtime lock, so no start is under way."""
-    if state is not None and not state.ready:
-        # A start killed half-way: its sidecar may still run, unconfigured.
-        sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
-        if sidecar is not None:
-            trace(verbose, f"stopping the sidecar of an unfinished start ({sidecar.pid})")
-            sidecar.stop()
-            sidecar.close()
-    if os.path.exists(profile.dir):
-        trace(verbose, f"removing stale state {profile.dir}")
-        profile.remove_dir()
 
 
 def acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
@@ -379,15 +362,6 @@ def acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
                 return healed
         reap_stale(profile, state, request.verbose)
         return start_profile(request, cfg, profile, mode)
-
-
-def stop_started(attached: Attached) -> None:
-    """Undo a start whose later step (the handshake) failed."""
-    attached.release()
-    attached.sidecar.stop()
-    with runtime.locked(os.path.dirname(attached.profile.dir)):
-        attached.profile.remove_dir()
-    attached.sidecar.close()
 
 
 def wait_for_handshake(
@@ -467,7 +441,7 @@ def up(request: Request, wait: bool = True, timeout: float = 15.0) -> str:
             return attached.profile.name
         # An ephemeral profile (`run`) of that name: with nothing left in it, it
         # is ending (its sidecar checks every 200 ms), and a new one can start.
-        ending = not runtime.namespace_members(attached.sidecar.pid) and \
+        ending = not namespace_members(attached.sidecar.pid) and \
             attached.sidecar.exited(EPHEMERAL_END_WAIT)
         attached.sidecar.close()
         if not ending:
@@ -509,7 +483,7 @@ def _take_down(attached: Attached, verbose: bool) -> None:
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)  # a second SIGTERM must not cut this short
     notify.send(STOPPING="1", STATUS=f"taking profile {attached.profile.name} down")
-    members = runtime.namespace_members(attached.sidecar.pid)
+    members = namespace_members(attached.sidecar.pid)
     if members:
         warn(f"{len(members)} process{'es' if len(members) != 1 else ''} still attached to "
              f"profile {attached.profile.name} keep running, without any network")
@@ -600,6 +574,15 @@ def _sidecar_died(attached: Attached) -> SetupError:
     )
 
 
+def _process_name(pid: int) -> str:
+    import psutil
+
+    try:
+        return str(psutil.Process(pid).name())
+    except psutil.Error:
+        return "?"
+
+
 def down(name: str, force: bool = False, verbose: bool = False) -> str:
     """``wg-wrap down``: stop a profile; returns what happened, for the user."""
     runtime.check_profile_name(name)
@@ -616,9 +599,9 @@ def down(name: str, force: bool = False, verbose: bool = False) -> str:
             profile.remove_dir()
             return f"profile {name} was not running; removed its stale state"
         try:
-            members = runtime.namespace_members(sidecar.pid)
+            members = namespace_members(sidecar.pid)
             if members and not force:
-                shown = ", ".join(f"{pid} ({runtime.process_name(pid)})" for pid in members[:8])
+                shown = ", ".join(f"{pid} ({_process_name(pid)})" for pid in members[:8])
                 more = f" and {len(members) - 8} more" if len(members) > 8 else ""
                 raise ProfileError(
                     f"profile {name} has {len(members)} attached process"

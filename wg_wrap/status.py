@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from wg_wrap import keys, launch, runtime, uapi
+from wg_wrap import keys, launch, lifetime, runtime, uapi
 from wg_wrap.errors import UAPIError
 from wg_wrap.runtime import Profile, State
 
@@ -38,25 +38,21 @@ def _endpoint_names(profile: Profile) -> dict[str, dict[str, Any]]:
 
 
 def collect(profile: Profile, by_netns: dict[str, list[int]] | None = None) -> ProfileStatus:
-    """One profile's status; ``by_netns`` (runtime.processes_by_netns) saves
+    """One profile's status; ``by_netns`` (lifetime.processes_by_netns) saves
     a /proc scan per profile when there are several."""
     state = profile.read_state()
     if state is None:
         return ProfileStatus(profile, None, False)
     sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
     if sidecar is None:  # dead: programs may be left in its namespaces
-        left = runtime.processes_in(state.netns, userns=state.userns) if state.netns else []
+        left = lifetime.stranded(state)
         return ProfileStatus(profile, state, False, members=tuple(left))
     try:
         try:
             device = uapi.UAPIClient(profile.uapi_path, timeout=UAPI_TIMEOUT).get()
         except UAPIError:
             device = None  # shown as not responding
-        if by_netns is None:
-            members = runtime.namespace_members(sidecar.pid)
-        else:
-            netns = runtime.namespace_link(sidecar.pid) or ""
-            members = [pid for pid in by_netns.get(netns, []) if pid != sidecar.pid]
+        members = lifetime.namespace_members(sidecar.pid, scan=by_netns)
         return ProfileStatus(
             profile, state, True, device, tuple(members), _endpoint_names(profile),
         )
@@ -67,7 +63,7 @@ def collect(profile: Profile, by_netns: dict[str, list[int]] | None = None) -> P
 def all_profiles() -> list[ProfileStatus]:
     base = runtime.base_dir(create=False)
     profiles = runtime.list_profiles(base)
-    by_netns = runtime.processes_by_netns() if len(profiles) > 1 else None
+    by_netns = lifetime.processes_by_netns() if len(profiles) > 1 else None
     return [collect(p, by_netns) for p in profiles]
 
 
@@ -114,7 +110,12 @@ def _summary(st: ProfileStatus, now: float) -> list[str]:
 
 def not_responding(pid: int) -> str:
     """What a live sidecar that did not answer is shown as."""
-    stopped = runtime.process_state(pid) in ("T", "t")
+    import psutil
+
+    try:
+        stopped = psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        stopped = False
     return "not responding (stopped)" if stopped else "not responding"
 
 

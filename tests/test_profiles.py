@@ -391,3 +391,14 @@ def test_joining_never_imports_pyroute2(tool: Tool) -> None:
                     if line.startswith("import time:")}
         assert "wg_wrap.join" in imported
         assert not {m for m in imported if m.split(".")[0] in absent or m in absent}, args
+
+
+def test_back_to_back_runs_never_join_a_profile_that_is_ending(tool: Tool) -> None:
+    """Each `run` ends its ephemeral profile as it ends; the next one, started
+    at once, may meet that profile's sidecar in its last moment (it holds the
+    lock exclusively until it is gone) and must then start afresh, not join."""
+    conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
+    for i in range(15):
+        done = tool("run", "-c", str(conf), "--", "true")
+        assert done.returncode == 0, (i, done.stderr)
+    assert tool.wait_gone(2)

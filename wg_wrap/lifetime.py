@@ -78,16 +78,23 @@ def attach_running(profile: Profile, state: State | None = None) -> Attached | N
     if sidecar is None:
         return None
     try:
-        hold_fd = take_hold(profile)
+        hold_fd = os.open(profile.hold_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         sidecar.close()
         return None
-    # An ephemeral sidecar that was shutting down held the lock exclusively
-    # until it exited: check it is still there now that we hold it.
-    if sidecar.exited():
+    try:
+        fcntl.flock(hold_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        # An ephemeral sidecar holds the lock exclusively from the moment it
+        # finds itself unused until it is gone: it is ending. The lock comes
+        # free as its descriptors close, a moment before its pidfd says it
+        # exited; wait for both, then start afresh.
+        fcntl.flock(hold_fd, fcntl.LOCK_SH)
+        sidecar.exited(EPHEMERAL_END_WAIT)
         os.close(hold_fd)
         sidecar.close()
         return None
+    # Held: from now on the sidecar cannot find itself unused.
     return Attached(profile, sidecar, hold_fd, mode)
 
 

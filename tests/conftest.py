@@ -10,12 +10,15 @@ with wg-wrap installed by ``make install`` into it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +152,22 @@ def wgwrap_server(stage: Stage, test_user: User) -> Iterator[Any]:
         server.stop()
 
 
+@pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
+def server(request: pytest.FixtureRequest, stage: Stage, test_user: User) -> Iterator[Any]:
+    """Each peer in turn: a second wg-wrap, and Debian's wireguard-go (interop)."""
+    if request.param == "wg-wrap":
+        yield request.getfixturevalue("wgwrap_server")
+        return
+    from peers import StockServer, next_net
+
+    need_interop_tools()
+    srv = StockServer(stage, next_net())
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 @contextlib.contextmanager
 def private_dir(user: User, prefix: str) -> Iterator[Path]:
     """A fresh 0700 directory owned by the test user, removed afterwards."""
@@ -205,6 +224,107 @@ def sidecars_of(user: User, runtime_dir: Path) -> set[int]:
 def aftercares_of(user: User, runtime_dir: Path) -> set[int]:
     """The aftercare processes (`wg-wrap-sidecar aftercare`) of those profiles."""
     return _helpers_of(user, runtime_dir, aftercare=True)
+
+
+class Tool:
+    """wg-wrap as the test user, with one runtime directory and a scratch
+    directory for its files."""
+
+    def __init__(self, stage: Stage, user: User, runtime: Path, workdir: Path) -> None:
+        self.stage, self.user, self.runtime, self.workdir = stage, user, runtime, workdir
+        self.services: list[subprocess.Popen[str]] = []
+
+    def __call__(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_as_user(self.user, self.stage.wg_wrap(*args),
+                           env=user_env(self.runtime, env), timeout=timeout)
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            as_user_argv(self.user, self.stage.wg_wrap(*args)),
+            env=user_env(self.runtime, env), cwd="/",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def file(self, name: str, text: str, mode: int = 0o600) -> Path:
+        path = self.workdir / name
+        path.write_text(text)
+        os.chown(path, self.user.uid, self.user.gid)
+        path.chmod(mode)
+        return path
+
+    def conf(self, text: str, name: str = "wg0.conf") -> Path:
+        return self.file(name, text)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.runtime / "wg-wrap"
+
+    def profiles(self) -> list[str]:
+        return sorted(p.name for p in self.state_dir.iterdir()) if self.state_dir.exists() else []
+
+    def sidecars(self) -> set[int]:
+        """Sidecars of this runtime directory's profiles."""
+        return sidecars_of(self.user, self.runtime)
+
+    def wait_gone(self, timeout: float) -> bool:
+        """True once no sidecar, aftercare or profile directory is left."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.sidecars() and not self.profiles() and \
+                    not aftercares_of(self.user, self.runtime):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def status(self, name: str) -> dict[str, Any]:
+        result = self("status", "--json", name)
+        assert result.returncode == 0, result.stderr
+        (info,) = json.loads(result.stdout)
+        assert isinstance(info, dict)
+        return info
+
+    def inside(self, name: str, code: str, *args: str) -> Any:
+        """Run a Python service inside profile NAME; wait for it to print
+        'ready'; returns its peers.LineLog."""
+        from peers import READY_TIMEOUT, LineLog
+
+        proc = self.popen("exec", name, "--", str(self.stage.python), "-c", code, *args)
+        self.services.append(proc)
+        log = LineLog(proc.stdout)
+        if not log.wait_for("ready", READY_TIMEOUT):
+            proc.terminate()
+            proc.wait(10)
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"the service inside did not start: {err}")
+        return log
+
+    def cleanup(self) -> None:
+        for proc in self.services:
+            if proc.poll() is None:
+                proc.terminate()  # the service itself: wg-wrap became it
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+            for stream in (proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+        for name in self.profiles():
+            self("down", "--force", name)
+        for pid in self.sidecars():
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def tool(stage: Stage, test_user: User, user_runtime_dir: Path, user_tmp: Path) -> Iterator[Tool]:
+    t = Tool(stage, test_user, user_runtime_dir, user_tmp)
+    try:
+        yield t
+    finally:
+        t.cleanup()
 
 
 INTEROP_TOOLS = ("wireguard-go", "wg")

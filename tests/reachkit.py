@@ -4,102 +4,11 @@ inside a profile, and a small SOCKS5 client (the host side, in Python)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import socket
 import struct
-import subprocess
-import time
-from pathlib import Path
 from typing import Any
 
-from conftest import Stage, User, as_user_argv, run_as_user, sidecars_of, user_env
-from peers import LineLog
-
 READY_TIMEOUT = 30.0
-
-
-class Tool:
-    """wg-wrap as the test user, with one runtime directory."""
-
-    def __init__(self, stage: Stage, user: User, runtime: Path, workdir: Path) -> None:
-        self.stage, self.user, self.runtime, self.workdir = stage, user, runtime, workdir
-        self.services: list[subprocess.Popen[str]] = []
-
-    def __call__(
-        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return run_as_user(self.user, self.stage.wg_wrap(*args),
-                           env=user_env(self.runtime, env), timeout=timeout)
-
-    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            as_user_argv(self.user, self.stage.wg_wrap(*args)),
-            env=user_env(self.runtime, env), cwd="/",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-
-    def file(self, name: str, text: str, mode: int = 0o600) -> Path:
-        path = self.workdir / name
-        path.write_text(text)
-        os.chown(path, self.user.uid, self.user.gid)
-        path.chmod(mode)
-        return path
-
-    @property
-    def state_dir(self) -> Path:
-        return self.runtime / "wg-wrap"
-
-    def profiles(self) -> list[str]:
-        return sorted(p.name for p in self.state_dir.iterdir()) if self.state_dir.exists() else []
-
-    def sidecars(self) -> set[int]:
-        return sidecars_of(self.user, self.runtime)
-
-    def wait_gone(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.sidecars() and not self.profiles():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def status(self, name: str) -> dict[str, Any]:
-        result = self("status", "--json", name)
-        assert result.returncode == 0, result.stderr
-        (info,) = json.loads(result.stdout)
-        assert isinstance(info, dict)
-        return info
-
-    def inside(self, name: str, code: str, *args: str) -> LineLog:
-        """Run a Python service inside profile NAME; wait for it to print 'ready'."""
-        proc = self.popen("exec", name, "--", str(self.stage.python), "-c", code, *args)
-        self.services.append(proc)
-        log = LineLog(proc.stdout)
-        if not log.wait_for("ready", READY_TIMEOUT):
-            proc.terminate()
-            proc.wait(10)
-            err = proc.stderr.read() if proc.stderr else ""
-            raise AssertionError(f"the service inside did not start: {err}")
-        return log
-
-    def cleanup(self) -> None:
-        for proc in self.services:
-            if proc.poll() is None:
-                proc.terminate()  # wg-wrap passes it on to the service
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-            for stream in (proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
-        for name in self.profiles():
-            self("down", "--force", name)
-        for pid in self.sidecars():
-            os.kill(pid, signal.SIGKILL)
 
 
 def published_port(info: dict[str, Any], port: int, proto: str = "tcp", host: str = "") -> int:

@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Stage, User, need_interop_tools
-from peers import Keys, Server, StockServer, client_config, next_net
-from reachkit import Tool
+from conftest import Stage, Tool, User
+from peers import Keys, Server, client_config, next_net
 
 from wg_wrap import check
 
@@ -28,26 +25,6 @@ LINES = ["interfaces", "routes (IPv4)", "routes (IPv6)", "resolv.conf", "resolve
          "DNS lookup", "IPv6", "identity", "handshake"]
 
 
-@pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
-def server(request: pytest.FixtureRequest, stage: Stage, test_user: User) -> Iterator[Server]:
-    if request.param == "wg-wrap":
-        yield request.getfixturevalue("wgwrap_server")
-    else:
-        need_interop_tools()
-        srv = StockServer(stage, next_net())
-        try:
-            yield srv
-        finally:
-            srv.stop()
-
-
-@pytest.fixture
-def tool(stage: Stage, test_user: User, user_runtime_dir: Path, user_tmp: Path) -> Iterator[Tool]:
-    t = Tool(stage, test_user, user_runtime_dir, user_tmp)
-    try:
-        yield t
-    finally:
-        t.cleanup()
 
 
 def run_check(tool: Tool, *args: str) -> tuple[int, dict[str, dict[str, Any]]]:

@@ -14,18 +14,16 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, need_interop_tools, run_as_user, sidecars_of, user_env
+from conftest import Stage, User, run_as_user, sidecars_of, user_env
 from peers import (
     DNS_NAME,
     HTTP_PORT,
     UDP_PORT,
     Keys,
     Server,
-    StockServer,
     client_config,
     next_net,
     silent_udp_port,
@@ -34,20 +32,6 @@ from peers import (
 pytestmark = pytest.mark.e2e
 
 
-
-@pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
-def server(
-    request: pytest.FixtureRequest, stage: Stage, test_user: User
-) -> Iterator[Server]:
-    if request.param == "wg-wrap":
-        yield request.getfixturevalue("wgwrap_server")
-    else:
-        need_interop_tools()
-        srv = StockServer(stage, next_net())
-        try:
-            yield srv
-        finally:
-            srv.stop()
 
 
 def write_conf(user_tmp: Path, user: User, text: str, name: str = "client.conf") -> Path:

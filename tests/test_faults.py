@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, aftercares_of, as_user_argv, user_env
+from conftest import Stage, Tool, User, aftercares_of, as_user_argv, user_env
 from peers import HTTP_PORT, WgWrapServer
-from test_profiles import Tool, tool  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -121,7 +120,7 @@ def inside_server(server: WgWrapServer, stage: Stage, user: User, *command: str
 
 
 @pytest.fixture
-def running(wgwrap_server: WgWrapServer, tool: Tool) -> Iterator[WgWrapServer]:  # noqa: F811
+def running(wgwrap_server: WgWrapServer, tool: Tool) -> Iterator[WgWrapServer]:
     """Profile wg0 up (persistent) against the server, its first fetch done."""
     conf = tool.conf(wgwrap_server.client_config())
     up = tool("up", "-c", str(conf))
@@ -130,13 +129,13 @@ def running(wgwrap_server: WgWrapServer, tool: Tool) -> Iterator[WgWrapServer]: 
     yield wgwrap_server
 
 
-def fetch(tool: Tool, server: WgWrapServer, max_time: float = 5) -> bool:  # noqa: F811
+def fetch(tool: Tool, server: WgWrapServer, max_time: float = 5) -> bool:
     done = tool("exec", "wg0", "--", "curl", "-sS", "--max-time", str(max_time),
                 f"http://{server.net.server4}:{HTTP_PORT}/")
     return f"sees you as {server.net.client4}" in done.stdout
 
 
-def recover_within(tool: Tool, server: WgWrapServer, limit: float) -> float:  # noqa: F811
+def recover_within(tool: Tool, server: WgWrapServer, limit: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < limit:
         if fetch(tool, server, max_time=1):
@@ -185,7 +184,7 @@ class LoopbackCapture:
 
 
 def test_a_stopped_sidecar_says_so_and_traffic_resumes_when_it_continues(
-    running: WgWrapServer, tool: Tool,  # noqa: F811
+    running: WgWrapServer, tool: Tool,
 ) -> None:
     (sidecar,) = tool.sidecars()
     os.kill(sidecar, signal.SIGSTOP)
@@ -217,7 +216,7 @@ WIREGUARD_NEW_HANDSHAKE = 15
 
 
 def test_traffic_resumes_when_the_peer_restarts_with_the_same_keys(
-    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,  # noqa: F811
+    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,
 ) -> None:
     running.stop()
     restarted = WgWrapServer(stage, test_user, running.net, keys=running.keys, port=running.port)
@@ -232,7 +231,7 @@ def test_traffic_resumes_when_the_peer_restarts_with_the_same_keys(
 
 
 def test_a_1_gib_transfer_arrives_intact(
-    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,  # noqa: F811
+    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,
 ) -> None:
     blocks = 1024
     source = inside_server(running, stage, test_user, "python3", "-c", SOURCE, str(blocks))
@@ -250,7 +249,7 @@ def test_a_1_gib_transfer_arrives_intact(
 
 
 def test_killing_the_sidecar_mid_transfer_fails_it_leaves_nothing_and_up_works_again(
-    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,  # noqa: F811
+    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,
 ) -> None:
     marker = f"CLEAR-MARKER-{os.getpid()}-never-outside"
     source = inside_server(running, stage, test_user, "python3", "-c", SOURCE, "4096")
@@ -285,7 +284,7 @@ def test_killing_the_sidecar_mid_transfer_fails_it_leaves_nothing_and_up_works_a
 
 
 def test_programs_left_without_a_sidecar_are_told_once_and_get_their_network_back(
-    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,  # noqa: F811
+    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,
 ) -> None:
     echo = inside_server(running, stage, test_user, "python3", "-c", ECHO)
     client = subprocess.Popen(
@@ -330,7 +329,7 @@ def test_programs_left_without_a_sidecar_are_told_once_and_get_their_network_bac
 
 
 def test_the_foreground_supervisor_replaces_a_dead_sidecar_in_place(
-    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,  # noqa: F811
+    running: WgWrapServer, tool: Tool, stage: Stage, test_user: User,
     user_tmp: Path,
 ) -> None:
     assert tool("down", "wg0").returncode == 0  # supervised instead

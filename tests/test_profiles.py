@@ -10,85 +10,18 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
-    Stage,
-    User,
-    aftercares_of,
-    as_user_argv,
-    run_as_user,
-    sidecars_of,
-    user_env,
-)
+from conftest import Tool, run_as_user, user_env
 from peers import HTTP_PORT, Keys, WgWrapServer, client_config, next_net, silent_udp_port
 
 pytestmark = pytest.mark.e2e
 
 
-
 @pytest.fixture
 def server(wgwrap_server: WgWrapServer) -> WgWrapServer:
     return wgwrap_server
-
-
-class Tool:
-    """wg-wrap as the test user, with one runtime directory."""
-
-    def __init__(self, stage: Stage, user: User, runtime: Path, workdir: Path) -> None:
-        self.stage, self.user, self.runtime, self.workdir = stage, user, runtime, workdir
-
-    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return run_as_user(self.user, self.stage.wg_wrap(*args), env=user_env(self.runtime),
-                           timeout=timeout)
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            as_user_argv(self.user, self.stage.wg_wrap(*args)), env=user_env(self.runtime),
-            cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-
-    def conf(self, text: str, name: str = "wg0.conf") -> Path:
-        path = self.workdir / name
-        path.write_text(text)
-        os.chown(path, self.user.uid, self.user.gid)
-        path.chmod(0o600)
-        return path
-
-    @property
-    def state(self) -> Path:
-        return self.runtime / "wg-wrap"
-
-    def profiles(self) -> list[str]:
-        return sorted(p.name for p in self.state.iterdir()) if self.state.exists() else []
-
-    def sidecars(self) -> set[int]:
-        """Sidecars of this runtime directory's profiles."""
-        return sidecars_of(self.user, self.runtime)
-
-    def wait_gone(self, timeout: float) -> bool:
-        """True once no sidecar, aftercare or profile directory is left."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.sidecars() and not self.profiles() and \
-                    not aftercares_of(self.user, self.runtime):
-                return True
-            time.sleep(0.05)
-        return False
-
-
-@pytest.fixture
-def tool(stage: Stage, test_user: User, user_runtime_dir: Path, user_tmp: Path) -> Iterator[Tool]:
-    t = Tool(stage, test_user, user_runtime_dir, user_tmp)
-    try:
-        yield t
-    finally:
-        for name in t.profiles():
-            t("down", "--force", name)
-        for pid in t.sidecars():
-            os.kill(pid, signal.SIGKILL)
 
 
 class Command:
@@ -337,8 +270,8 @@ def test_killed_sidecar_cuts_the_network_and_is_replaced(server: WgWrapServer, t
 
 def test_stale_state_never_blocks_a_start(tool: Tool) -> None:
     conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
-    stale = tool.state / "wg0"
-    for path in (tool.state, stale):
+    stale = tool.state_dir / "wg0"
+    for path in (tool.state_dir, stale):
         path.mkdir(mode=0o700, exist_ok=True)
         os.chown(path, tool.user.uid, tool.user.gid)
     (stale / "state.toml").write_text(
@@ -361,7 +294,7 @@ def test_a_start_killed_half_way_is_stopped_and_replaced(tool: Tool) -> None:
     conf = tool.conf(client_config(Keys(), next_net(), silent_udp_port()))
     assert tool("up", "--no-wait", "-c", str(conf)).returncode == 0
     (first,) = tool.sidecars()
-    state = tool.state / "wg0" / "state.toml"
+    state = tool.state_dir / "wg0" / "state.toml"
     state.write_text(state.read_text().replace("ready = true", "ready = false"))
     assert tool("ls").stdout.splitlines()[1].split()[:2] == ["wg0", "starting"]
     joined = tool("exec", "wg0", "--", "true")

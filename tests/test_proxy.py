@@ -12,13 +12,12 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Stage, User, need_interop_tools
-from peers import DNS_NAME, HTTP_PORT, UDP_PORT, LineLog, Server, StockServer, next_net
-from reachkit import Tool, read_socks_address, socks_address, socks_request
+from conftest import Stage, Tool
+from peers import DNS_NAME, HTTP_PORT, UDP_PORT, LineLog, Server
+from reachkit import read_socks_address, socks_address, socks_request
 
 pytestmark = pytest.mark.e2e
 
@@ -26,26 +25,6 @@ USER, PASSWORD = "alice", "correct horse: battery staple"
 AUTH_ENV = {"WG_WRAP_PROXY_AUTH": f"{USER}:{PASSWORD}"}
 
 
-@pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
-def server(request: pytest.FixtureRequest, stage: Stage, test_user: User) -> Iterator[Server]:
-    if request.param == "wg-wrap":
-        yield request.getfixturevalue("wgwrap_server")
-    else:
-        need_interop_tools()
-        srv = StockServer(stage, next_net())
-        try:
-            yield srv
-        finally:
-            srv.stop()
-
-
-@pytest.fixture
-def tool(stage: Stage, test_user: User, user_runtime_dir: Path, user_tmp: Path) -> Iterator[Tool]:
-    t = Tool(stage, test_user, user_runtime_dir, user_tmp)
-    try:
-        yield t
-    finally:
-        t.cleanup()
 
 
 def start(tool: Tool, server: Server, *options: str, env: dict[str, str] | None = None,

@@ -12,13 +12,11 @@ import os
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import Stage, User, need_interop_tools
-from peers import HTTP_PORT, Server, StockServer, WgWrapServer, next_net
-from reachkit import SERVICE, Tool, connect, published_port, read_all
+from conftest import Tool
+from peers import HTTP_PORT, Server, WgWrapServer
+from reachkit import SERVICE, connect, published_port, read_all
 
 pytestmark = pytest.mark.e2e
 
@@ -26,26 +24,6 @@ pytestmark = pytest.mark.e2e
 ECHO4, ECHO6, ECHO_ANY, HTTP_IN, UDP_IN = 9001, 9002, 9003, 9004, 9005
 
 
-@pytest.fixture
-def tool(stage: Stage, test_user: User, user_runtime_dir: Path, user_tmp: Path) -> Iterator[Tool]:
-    t = Tool(stage, test_user, user_runtime_dir, user_tmp)
-    try:
-        yield t
-    finally:
-        t.cleanup()
-
-
-@pytest.fixture(params=["wg-wrap", pytest.param("wireguard-go", marks=pytest.mark.interop)])
-def server(request: pytest.FixtureRequest, stage: Stage, test_user: User) -> Iterator[Server]:
-    if request.param == "wg-wrap":
-        yield request.getfixturevalue("wgwrap_server")
-    else:
-        need_interop_tools()
-        srv = StockServer(stage, next_net())
-        try:
-            yield srv
-        finally:
-            srv.stop()
 
 
 @pytest.fixture

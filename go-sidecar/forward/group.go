@@ -3,6 +3,7 @@ package forward
 import (
 	"errors"
 	"io"
+	"net"
 	"sync"
 	"syscall"
 	"time"
@@ -75,11 +76,44 @@ func (g *Group) Close() {
 	g.wg.Wait()
 }
 
-// AcceptBackoff reports whether an accept error is one to wait out (the
+// Serve accepts connections on l until it is closed, and hands each to
+// handle in a goroutine of the group, which records the connection (handle
+// removes it when done). Accept errors that are a shortage (out of file
+// descriptors or memory) are waited out, and told to logf. It returns nil
+// when l or the group is closed, or the error that stopped it.
+func (g *Group) Serve(l *net.TCPListener, handle func(*net.TCPConn), logf func(string, ...any)) error {
+	var delay time.Duration
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var retry bool
+			if delay, retry = acceptBackoff(err, delay); retry {
+				logf("accepting on %v: %v; retrying", l.Addr(), err)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if !g.Add(c) {
+			c.Close()
+			return nil
+		}
+		if !g.Go(func() { handle(c) }) {
+			g.Remove(c)
+			c.Close()
+			return nil
+		}
+	}
+}
+
+// acceptBackoff reports whether an accept error is one to wait out (the
 // process or the system is out of file descriptors or memory: a busy
 // server must not spin nor stop) and sleeps for delay if so; it returns the
 // next delay to use.
-func AcceptBackoff(err error, delay time.Duration) (time.Duration, bool) {
+func acceptBackoff(err error, delay time.Duration) (time.Duration, bool) {
 	if !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) &&
 		!errors.Is(err, syscall.ENOBUFS) && !errors.Is(err, syscall.ENOMEM) {
 		return 0, false

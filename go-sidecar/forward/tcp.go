@@ -40,31 +40,7 @@ func (f *TCP) Addr() netip.AddrPort {
 // Serve accepts connections until Close; it returns nil then, or the error
 // that stopped it.
 func (f *TCP) Serve() error {
-	var delay time.Duration
-	for {
-		client, err := f.ln.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var retry bool
-			if delay, retry = AcceptBackoff(err, delay); retry {
-				f.logf("published port %v: %v; retrying", f.Addr(), err)
-				continue
-			}
-			return err
-		}
-		delay = 0
-		if !f.group.Add(client) {
-			client.Close()
-			return nil
-		}
-		if !f.group.Go(func() { f.relay(client) }) {
-			f.group.Remove(client)
-			client.Close()
-			return nil
-		}
-	}
+	return f.group.Serve(f.ln, f.relay, f.logf)
 }
 
 // Close stops listening and ends every relayed connection.

@@ -52,30 +52,7 @@ func (p *HTTP) Serve(l *net.TCPListener) error {
 		l.Close()
 		return nil
 	}
-	var delay time.Duration
-	for {
-		c, err := l.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var retry bool
-			if delay, retry = forward.AcceptBackoff(err, delay); retry {
-				continue
-			}
-			return err
-		}
-		delay = 0
-		if !p.group.Add(c) {
-			c.Close()
-			return nil
-		}
-		if !p.group.Go(func() { p.handle(c) }) {
-			p.group.Remove(c)
-			c.Close()
-			return nil
-		}
-	}
+	return p.group.Serve(l, func(c *net.TCPConn) { p.handle(c) }, p.Logf)
 }
 
 // Close stops the proxy and ends every connection.

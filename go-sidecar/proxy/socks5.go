@@ -61,30 +61,7 @@ func (s *SOCKS5) Serve(l *net.TCPListener) error {
 		s.group.Add(s.Relay)
 		s.group.Go(s.relay.serve)
 	}
-	var delay time.Duration
-	for {
-		c, err := l.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var retry bool
-			if delay, retry = forward.AcceptBackoff(err, delay); retry {
-				continue
-			}
-			return err
-		}
-		delay = 0
-		if !s.group.Add(c) {
-			c.Close()
-			return nil
-		}
-		if !s.group.Go(func() { s.handle(c) }) {
-			s.group.Remove(c)
-			c.Close()
-			return nil
-		}
-	}
+	return s.group.Serve(l, func(c *net.TCPConn) { s.handle(c) }, s.Logf)
 }
 
 // Close stops the server and ends every connection and association.

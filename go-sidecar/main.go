@@ -127,9 +127,9 @@ func run(args []string, stderr io.Writer) (code int) {
 	defer bind.Release()
 
 	// Removed last, after the device and the UAPI socket are closed, and
-	// only when the profile ended by itself: nobody else is left to do it if
-	// every wrapper was killed. The exclusive hold lock is still held, so a
-	// wrapper about to join waits until this process has exited.
+	// only when the profile ended by itself: no process of wg-wrap stays
+	// beside the programs to do it. The exclusive hold lock is still held,
+	// so a program about to join waits until this process has exited.
 	removeState := false
 	defer func() {
 		if removeState && opts.stateDir != "" {
@@ -202,7 +202,7 @@ func run(args []string, stderr io.Writer) (code int) {
 		logger.Verbosef("shutting down on %v", sig)
 		return exitOK
 	case <-unused:
-		logger.Verbosef("shutting down: no wrapper and no process left in the namespace")
+		logger.Verbosef("shutting down: no holder of the lock and no process left in the namespace")
 		removeState = true
 		return exitOK
 	case err := <-uapiErrs:

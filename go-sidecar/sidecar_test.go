@@ -230,13 +230,13 @@ func TestTwoSidecarsPingThroughTheTunnel(t *testing.T) {
 	if err := os.WriteFile(holdPath, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// An attached wrapper's shared lock keeps the ephemeral sidecar b alive.
-	wrapper, err := os.Open(holdPath)
+	// A joined program's shared lock keeps the ephemeral sidecar b alive.
+	holder, err := os.Open(holdPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer wrapper.Close()
-	if err := unix.Flock(int(wrapper.Fd()), unix.LOCK_SH); err != nil {
+	defer holder.Close()
+	if err := unix.Flock(int(holder.Fd()), unix.LOCK_SH); err != nil {
 		t.Fatal(err)
 	}
 
@@ -268,9 +268,9 @@ func TestTwoSidecarsPingThroughTheTunnel(t *testing.T) {
 	}
 	expectExit(t, a, "SIGTERM")
 
-	// Ephemeral: b stays while a wrapper is attached, then while a process
+	// Ephemeral: b stays while a program holds the lock, then while a process
 	// it left behind is still inside, and leaves by itself after that.
-	expectAlive(t, b, "a wrapper is attached")
+	expectAlive(t, b, "a program holds the lock")
 	// Without capabilities: the sidecar can only see processes whose
 	// capabilities are a subset of its own (commoncap ptrace rule).
 	leftover := b.enterCommand(context.Background(), "sleep", "30")
@@ -282,7 +282,7 @@ func TestTwoSidecarsPingThroughTheTunnel(t *testing.T) {
 		leftover.Wait()
 	}()
 	waitSameNetns(t, leftover.Process.Pid, b.cmd.Process.Pid)
-	wrapper.Close()
+	holder.Close()
 	expectAlive(t, b, "a process is left inside")
 	leftover.Process.Kill()
 	leftover.Wait()

@@ -111,8 +111,8 @@ func holdFile(t *testing.T) string {
 	return path
 }
 
-// wrapperLock takes a shared lock the way a joined program holds it.
-func wrapperLock(t *testing.T, path string) *os.File {
+// holderLock takes a shared lock the way a joined program holds it.
+func holderLock(t *testing.T, path string) *os.File {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -153,10 +153,10 @@ func openHold(t *testing.T, path string, others bool) *Hold {
 	return h
 }
 
-func TestHeldWhileAWrapperHoldsTheLock(t *testing.T) {
+func TestHeldWhileAProgramHoldsTheLock(t *testing.T) {
 	path := holdFile(t)
 	h := openHold(t, path, false)
-	w := wrapperLock(t, path)
+	w := holderLock(t, path)
 	if unused, err := h.Unused(); err != nil || unused {
 		t.Fatalf("Unused = %v, %v with a program attached", unused, err)
 	}
@@ -176,7 +176,7 @@ func TestHeldWhileProcessesRemainInside(t *testing.T) {
 	if unused, err := h.Unused(); err != nil || unused {
 		t.Fatalf("Unused = %v, %v with processes inside", unused, err)
 	}
-	// The exclusive lock was given back, so wrappers can still attach.
+	// The exclusive lock was given back, so programs can still join.
 	if !canLockShared(t, path) {
 		t.Fatal("exclusive lock kept although the profile is in use")
 	}
@@ -191,19 +191,19 @@ func TestOpenNeedsAnExistingFile(t *testing.T) {
 func TestWatchSignalsWhenUnused(t *testing.T) {
 	path := holdFile(t)
 	h := openHold(t, path, false)
-	w := wrapperLock(t, path)
+	w := holderLock(t, path)
 	stop := make(chan struct{})
 	defer close(stop)
 	unused := h.Watch(10*time.Millisecond, stop, t.Logf)
 	select {
 	case <-unused:
-		t.Fatal("Watch fired while a wrapper was attached")
+		t.Fatal("Watch fired while a program held the lock")
 	case <-time.After(100 * time.Millisecond):
 	}
 	w.Close()
 	select {
 	case <-unused:
 	case <-time.After(5 * time.Second):
-		t.Fatal("Watch did not fire after the wrapper left")
+		t.Fatal("Watch did not fire after the program left")
 	}
 }

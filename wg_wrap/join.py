@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 def not_running(name: str) -> ProfileError:
     return ProfileError(
         f"profile {name!r} is not running",
-        hint=f"start it with `wg-wrap up -c FILE -n {name}`; `wg-wrap ls` lists profiles",
+        hint=f"start it with `wg-wrap up -n {name}` (its config: ~/.config/wg-wrap/{name}.conf, "
+        "or -c FILE; a profile whose sidecar died is brought back with the config it had); "
+        "`wg-wrap ls` lists profiles",
     )
 
 

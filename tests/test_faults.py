@@ -377,3 +377,31 @@ def test_the_foreground_supervisor_replaces_a_dead_sidecar_in_place(
             supervisor.kill()
         supervisor.communicate(timeout=10)
     assert tool.wait_gone(3)
+
+
+def test_a_healed_profile_publishes_its_ports_again(
+    wgwrap_server: WgWrapServer, tool: Tool,
+) -> None:
+    """The host sockets of published ports die with the sidecar: a heal opens
+    them again, on the same host ports, for the programs still inside."""
+    from reachkit import SERVICE, connect, published_port, read_all
+
+    conf = tool.conf(wgwrap_server.client_config())
+    up = tool("up", "-c", str(conf), "-p", f"127.0.0.1:0:{ECHO_PORT}")
+    assert up.returncode == 0, up.stderr
+    tool.inside("wg0", SERVICE, f"tcp:127.0.0.1:{ECHO_PORT}")  # stays inside
+    host_port = published_port(tool.status("wg0"), ECHO_PORT)
+
+    def echo() -> str:
+        with connect("127.0.0.1", host_port) as sock:
+            sock.sendall(b"ping")
+            sock.shutdown(socket.SHUT_WR)
+            return read_all(sock).decode().partition("\n")[2]
+
+    assert echo() == "ping"
+    (sidecar,) = tool.sidecars()
+    os.kill(sidecar, signal.SIGKILL)
+    up = tool("up", "-n", "wg0")
+    assert up.returncode == 0, up.stderr
+    assert published_port(tool.status("wg0"), ECHO_PORT) == host_port
+    assert echo() == "ping"

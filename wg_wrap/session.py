@@ -303,6 +303,25 @@ def start_profile(
     return Attached(profile, sidecar, hold_fd, mode, started=True)
 
 
+def _reach_again(state: State) -> ReachRequest | None:
+    """What the dead sidecar had published, to publish again on the same host
+    ports (their sockets died with it). A proxy that needed a password is not
+    started again: the password was never written down."""
+    from wg_wrap import reach
+
+    ports = tuple(reach.parse_port_spec(p) for p in state.published)
+    socks = http_proxy = None
+    if state.proxy_auth:
+        warn(f"profile {state.name}'s proxies needed a password and are not started again: "
+             f"`wg-wrap down {state.name}`, then `up` it with them")
+    else:
+        socks = reach.parse_proxy_address(state.socks) if state.socks else None
+        http_proxy = reach.parse_proxy_address(state.http_proxy) if state.http_proxy else None
+    if not ports and socks is None and http_proxy is None:
+        return None
+    return reach.ReachRequest(publish=ports, socks=socks, http_proxy=http_proxy)
+
+
 def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
          members: list[int]) -> Attached | None:
     """Start a new sidecar in the namespaces of a dead one, entered through one
@@ -318,6 +337,8 @@ def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
             print(f"wg-wrap: profile {profile.name}: its sidecar died with {len(members)} "
                   f"program{'s' if len(members) != 1 else ''} inside; starting a new one in "
                   "their namespaces", file=sys.stderr, flush=True)
+            if not request.reach:  # nothing new asked: what the dead sidecar had
+                request = replace(request, reach=_reach_again(state))
             return start_profile(request, cfg, profile, state.mode, Healing(state, pidfd))
         finally:
             os.close(pidfd)

@@ -36,37 +36,13 @@ import threading
 import time
 from pathlib import Path
 
+from benchkit import SENDER, SINK
+
 from wg_wrap import keys
 
 NET = "10.252.0"
 SINK_PORT, HTTP_PORT = 5201, 8080
-
-SINK = r"""
-import socket, sys
-srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
-buf = bytearray(1 << 20)
-print("ready", flush=True)
-while True:
-    conn, _ = srv.accept()
-    total = 0
-    while n := conn.recv_into(buf):
-        total += n
-    conn.sendall(str(total).encode())
-    conn.close()
-"""
-
-SENDER = r"""
-import socket, sys, time
-host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-block = b"\0" * (1 << 20)
-c = socket.create_connection((host, port), timeout=30)
-start = time.perf_counter()
-while time.perf_counter() - start < seconds:
-    c.sendall(block)
-c.shutdown(socket.SHUT_WR)
-received = int(c.recv(64))
-print(f"{received * 8 / (time.perf_counter() - start) / 1e6:.0f}")
-"""
+BLOCK = str(1 << 20)  # bytes per write of the sender
 
 # GET /bytes/N answers N zero bytes; one thread per connection.
 DOWNLOADS = r"""
@@ -211,13 +187,13 @@ def main() -> int:
             sidecars = {"with": client["sidecar_pid"], "without": plain["sidecar_pid"]}
             rss_start = {k: memory(pid) for k, pid in sidecars.items()}
             services.append(start_service([*wg_wrap, "exec", client_p, "--", python, "-c",
-                                           SINK, str(SINK_PORT)]))
+                                           SINK, "127.0.0.1", str(SINK_PORT)]))
             for i in range(args.rounds):
                 pairs = [
                     ("published", [python, "-c", SENDER, "127.0.0.1", str(host_port),
-                                   str(args.seconds)], 1.0),
+                                   str(args.seconds), BLOCK], 1.0),
                     ("loopback", [*wg_wrap, "exec", client_p, "--", python, "-c", SENDER,
-                                  "127.0.0.1", str(SINK_PORT), str(args.seconds)], 1.0),
+                                  "127.0.0.1", str(SINK_PORT), str(args.seconds), BLOCK], 1.0),
                     ("socks", [*curl, "--socks5-hostname", f"{socks_host}:{socks_port}", url],
                      8e-6),
                     ("wrapped", [*wg_wrap, "exec", client_p, "--", *curl, url], 8e-6),

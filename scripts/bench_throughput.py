@@ -26,36 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchkit import SENDER, SINK
+
 from wg_wrap import keys
 
-SINK = r"""
-import socket, sys
-srv = socket.create_server(("", int(sys.argv[1])), family=socket.AF_INET)
-print("ready", flush=True)
-srv.settimeout(60)
-while True:
-    conn, _ = srv.accept()
-    total = 0
-    conn.settimeout(30)
-    while chunk := conn.recv(1 << 20):
-        total += len(chunk)
-    conn.sendall(str(total).encode())
-    conn.close()
-"""
-
-SENDER = r"""
-import socket, sys, time
-host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-block = b"\0" * (1 << 16)
-c = socket.create_connection((host, port), timeout=30)
-start = time.perf_counter()
-while time.perf_counter() - start < seconds:
-    c.sendall(block)
-c.shutdown(socket.SHUT_WR)
-received = int(c.recv(64))
-elapsed = time.perf_counter() - start
-print(f"{received * 8 / elapsed / 1e6:.0f}")
-"""
+BLOCK = str(1 << 16)  # bytes per write of the sender
 
 
 def write_server_config(directory: Path, s: bytes, c: bytes) -> Path:
@@ -109,23 +84,23 @@ def main() -> int:
         subprocess.run([*wg_wrap, "up", "-n", f"{name}-c", "-c", str(client_conf)],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sinks = [
-            start_sink([*wg_wrap, "exec", name, "--", python, "-c", SINK, "5201"]),
-            start_sink([python, "-c", SINK, "5202"]),
+            start_sink([*wg_wrap, "exec", name, "--", python, "-c", SINK, "0.0.0.0", "5201"]),
+            start_sink([python, "-c", SINK, "127.0.0.1", "5202"]),
         ]
         tunnel, loopback = [], []
         try:
             for _ in range(args.rounds):
                 tunnel.append(float(subprocess.run(
                     [*wg_wrap, "exec", f"{name}-c", "--", python, "-c", SENDER, "10.251.0.1",
-                     "5201", str(args.seconds)],
+                     "5201", str(args.seconds), BLOCK],
                     check=True, capture_output=True, text=True, timeout=120).stdout))
                 loopback.append(float(subprocess.run(
-                    [python, "-c", SENDER, "127.0.0.1", "5202", str(args.seconds)],
+                    [python, "-c", SENDER, "127.0.0.1", "5202", str(args.seconds), BLOCK],
                     check=True, capture_output=True, text=True, timeout=120).stdout))
                 time.sleep(0.2)
         finally:
             for sink in sinks:
-                sink.terminate()  # wg-wrap exec relays it to the sink inside
+                sink.terminate()  # the sink itself: wg-wrap exec became it
                 sink.wait(timeout=10)
             for profile in (name, f"{name}-c"):
                 subprocess.run([*wg_wrap, "down", "--force", profile], check=False,

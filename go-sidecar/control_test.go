@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/device"
+
+	"wg-wrap/go-sidecar/internal/testutil"
 )
 
 // The control socket in the test's own namespace: "inside" and "the host"
@@ -129,7 +131,7 @@ func TestControlPublishAndUnpublish(t *testing.T) {
 	}
 	c.Close()
 	inside.Close()
-	checkGoroutines(t, base)
+	testutil.CheckGoroutines(t, base)
 }
 
 func TestControlStartsTheProxies(t *testing.T) {
@@ -211,18 +213,6 @@ func TestControlRefusesBadRequests(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
-func checkGoroutines(t *testing.T, base int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > base {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 func TestControlCloseDoesNotWaitForIdleClients(t *testing.T) {
 	c, path := startTestControl(t)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"wg-wrap/go-sidecar/internal/testutil"
 )
 
 // These tests run in whatever network namespace `go test` runs in, over
@@ -78,20 +80,6 @@ func TestTargetsFromProcTables(t *testing.T) {
 		if strings.Join(got, " ") != want {
 			t.Errorf("port %d: got %v, want %s", port, got, want)
 		}
-	}
-}
-
-// goroutines waits for the goroutine count to come back to base (the
-// runtime ends finished goroutines asynchronously) and fails otherwise.
-func checkGoroutines(t *testing.T, base int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > base {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -179,7 +167,7 @@ func TestTCPReachesLoopbackV4V6AndWildcardListeners(t *testing.T) {
 			}
 		})
 	}
-	checkGoroutines(t, base)
+	testutil.CheckGoroutines(t, base)
 }
 
 func TestTCPHalfCloseBothWays(t *testing.T) {
@@ -253,7 +241,7 @@ func TestTCPManyConcurrentConnections(t *testing.T) {
 	}
 	f.Close()
 	server.Close()
-	checkGoroutines(t, base)
+	testutil.CheckGoroutines(t, base)
 }
 
 func TestTCPNobodyInsideResetsTheClient(t *testing.T) {
@@ -293,28 +281,7 @@ func TestTCPCloseEndsRelayedConnections(t *testing.T) {
 		t.Fatal("still accepting after Close")
 	}
 	server.Close()
-	checkGoroutines(t, base)
-}
-
-// udpEcho answers each datagram with "SOURCE DATA".
-func udpEcho(t *testing.T, addr string) *net.UDPConn {
-	t.Helper()
-	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			c.WriteToUDPAddrPort(append([]byte(from.String()+" "), buf[:n]...), from)
-		}
-	}()
-	return c
+	testutil.CheckGoroutines(t, base)
 }
 
 func startUDP(t *testing.T, to uint16, idle time.Duration) *UDP {
@@ -380,7 +347,7 @@ func TestUDPSessionPerSource(t *testing.T) {
 			}
 		})
 	}
-	checkGoroutines(t, base)
+	testutil.CheckGoroutines(t, base)
 }
 
 func TestUDPBatchOfDatagramsAllComeBack(t *testing.T) {
@@ -434,5 +401,12 @@ func TestUDPIdleSessionsEnd(t *testing.T) {
 	}
 	f.Close()
 	echo.Close()
-	checkGoroutines(t, base)
+	testutil.CheckGoroutines(t, base)
+}
+
+// udpEcho answers each datagram with "SOURCE DATA".
+func udpEcho(t *testing.T, addr string) *net.UDPConn {
+	return testutil.UDPEcho(t, netip.MustParseAddrPort(addr), func(from netip.AddrPort, data []byte) []byte {
+		return append([]byte(from.String()+" "), data...)
+	})
 }

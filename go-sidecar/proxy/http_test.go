@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"wg-wrap/go-sidecar/internal/testutil"
 )
 
 func startHTTP(t *testing.T, auth *Credentials) (*HTTP, string, chan string) {
@@ -128,7 +130,7 @@ func TestHTTPConnect(t *testing.T) {
 	}
 	c.Close()
 	p.Close()
-	checkGoroutines(t, base)
+	testutil.CheckGoroutines(t, base)
 }
 
 func TestHTTPRefusals(t *testing.T) {

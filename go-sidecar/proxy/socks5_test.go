@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"wg-wrap/go-sidecar/internal/testutil"
 )
 
 // The server runs in the test's own network namespace over loopback: here,
@@ -166,7 +168,7 @@ func TestConnectByIPAndByNameResolvedInside(t *testing.T) {
 		}
 	}
 	s.Close()
-	checkGoroutines(t, base)
+	testutil.CheckGoroutines(t, base)
 }
 
 func TestConnectFailuresAreReported(t *testing.T) {
@@ -269,28 +271,7 @@ func TestTwoHundredConcurrentConnections(t *testing.T) {
 	}
 	wg.Wait()
 	s.Close()
-	checkGoroutines(t, base)
-}
-
-// udpEchoServer answers each datagram with "ECHO " + the datagram.
-func udpEchoServer(t *testing.T) *net.UDPConn {
-	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			c.WriteToUDPAddrPort(append([]byte("ECHO "), buf[:n]...), from)
-		}
-	}()
-	return c
+	testutil.CheckGoroutines(t, base)
 }
 
 func udpSocket(t *testing.T) *net.UDPConn {
@@ -364,7 +345,7 @@ func TestUDPAssociate(t *testing.T) {
 		}
 	}
 	s.Close()
-	checkGoroutines(t, base)
+	testutil.CheckGoroutines(t, base)
 }
 
 func TestUDPAssociateWithoutDeclaredPort(t *testing.T) {
@@ -423,4 +404,11 @@ func TestUDPAnswersOnlyFromDestinations(t *testing.T) {
 	if string(data) != "answer" {
 		t.Fatalf("got %q first", data)
 	}
+}
+
+// udpEchoServer answers each datagram with "ECHO " + the datagram.
+func udpEchoServer(t *testing.T) *net.UDPConn {
+	return testutil.UDPEcho(t, netip.MustParseAddrPort("127.0.0.1:0"), func(_ netip.AddrPort, data []byte) []byte {
+		return append([]byte("ECHO "), data...)
+	})
 }

@@ -115,6 +115,12 @@ class Client:
         path.chmod(0o600)
         return path
 
+    def up(self, server: WgWrapServer, after: float, *options: str) -> None:
+        """`up` profile wg0 against server, by name, in the test's namespace."""
+        up = self.in_namespace("up", *options, "-n", "wg0", "-c", str(self.conf(server)),
+                               "--reresolve-after", str(after))
+        assert up.returncode == 0, up.stderr
+
     def fetch(self, server: WgWrapServer, max_time: float = 2) -> bool:
         done = self("exec", "wg0", "--", "curl", "-sS", "--max-time", str(max_time),
                     f"http://{server.net.server4}:{HTTP_PORT}/")
@@ -156,9 +162,10 @@ def move(server: WgWrapServer, stage: Stage, user: User, to: str) -> WgWrapServe
 
 
 @pytest.fixture
-def servers() -> Iterator[list[WgWrapServer]]:
-    """The test's servers, stopped at the end (stopping twice is harmless)."""
-    started: list[WgWrapServer] = []
+def servers(stage: Stage, test_user: User) -> Iterator[list[WgWrapServer]]:
+    """The test's servers, the first one started; all stopped at the end
+    (stopping twice is harmless)."""
+    started = [WgWrapServer(stage, test_user, next_net())]
     try:
         yield started
     finally:
@@ -170,13 +177,10 @@ def test_the_tunnel_follows_a_peer_whose_name_moves(
     stage: Stage, test_user: User, client: Client, dns_server: ControlledDNS,
     servers: list[WgWrapServer],
 ) -> None:
-    servers.append(WgWrapServer(stage, test_user, next_net()))
     old = servers[0]
     dns_server.point("127.0.0.1")
     client.resolv.write_text(f"nameserver {dns_server.ip}\n")
-    up = client.in_namespace("up", "-v", "-n", "wg0", "-c", str(client.conf(old)),
-                             "--reresolve-after", str(AFTER))
-    assert up.returncode == 0, up.stderr
+    client.up(old, AFTER, "-v")
     asked_at_start = dns_server.queries
     assert asked_at_start >= 1  # wg-wrap resolved it on the host, through our server
     assert client.fetch(old)
@@ -202,13 +206,10 @@ def test_names_from_the_hosts_file_are_followed_too(
     servers: list[WgWrapServer],
 ) -> None:
     """/etc/hosts is the host's file inside too: it is read first, as glibc does."""
-    servers.append(WgWrapServer(stage, test_user, next_net()))
     old = servers[0]
     client.resolv.write_text(f"nameserver {dns_server.ip}\n")  # knows nothing: NXDOMAIN
     client.hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 {NAME}\n")
-    up = client.in_namespace("up", "-n", "wg0", "-c", str(client.conf(old)),
-                             "--reresolve-after", str(AFTER))
-    assert up.returncode == 0, up.stderr
+    client.up(old, AFTER)
     assert client.fetch(old)
 
     with client.hosts.open("r+") as f:  # in place: the bind mount shows the same file
@@ -223,13 +224,10 @@ def test_reresolve_after_0_never_moves(
     stage: Stage, test_user: User, client: Client, dns_server: ControlledDNS,
     servers: list[WgWrapServer],
 ) -> None:
-    servers.append(WgWrapServer(stage, test_user, next_net()))
     old = servers[0]
     dns_server.point("127.0.0.1")
     client.resolv.write_text(f"nameserver {dns_server.ip}\n")
-    up = client.in_namespace("up", "-n", "wg0", "-c", str(client.conf(old)),
-                             "--reresolve-after", "0")
-    assert up.returncode == 0, up.stderr
+    client.up(old, 0)
     asked = dns_server.queries
     assert "endpoint_name" not in client.peer_status()
     dns_server.point("127.0.0.2")

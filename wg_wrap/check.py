@@ -226,12 +226,9 @@ def latest_handshake(profile: Profile, wait: float) -> float | None:
         latest = max((p.last_handshake or 0 for p in peers), default=0)
         if time.time() - latest <= HANDSHAKE_MAX_AGE or time.monotonic() >= deadline:
             return float(latest) or None
-        quiet = [p for p in peers if p.endpoint and not p.persistent_keepalive]
-        if quiet and not nudged:
-            for seconds in (1, 0):
-                client.set("set=1\n" + "".join(
-                    f"public_key={uapi.key_to_hex(p.public_key)}\nupdate_only=true\n"
-                    f"persistent_keepalive_interval={seconds}\n" for p in quiet) + "\n")
+        if not nudged:
+            client.nudge([p.public_key for p in peers
+                          if p.endpoint and not p.persistent_keepalive])
             nudged = True
         time.sleep(0.1)
 

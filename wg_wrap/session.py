@@ -402,8 +402,7 @@ def wait_for_handshake(
     quiet = [p for p in peers if not p.persistent_keepalive]
     if quiet:
         trace(verbose, "nudging a handshake: keepalive on and off")
-        client.set(uapi.encode_keepalive(quiet, 1))
-        client.set(uapi.encode_keepalive(quiet, 0))
+        client.nudge([p.public_key for p in quiet])
     targets = ", ".join(str(p.endpoint) for p in peers)
     state = profile.read_state()
     mine = state.public_key if state and state.public_key else "see `wg-wrap status`"

@@ -111,16 +111,12 @@ def encode_set(config: Config, endpoints: Mapping[Endpoint, tuple[str, int]] | N
     return "\n".join(lines) + "\n\n"
 
 
-def encode_keepalive(peers: Sequence[Peer], seconds: int) -> str:
-    """Set the persistent keepalive of existing peers (``update_only``).
-
-    Switching it on from 0 makes wireguard-go send a keepalive at once, which
-    starts a handshake: ``wg-wrap up`` uses that to check the tunnel.
-    """
+def encode_keepalive(public_keys: Sequence[bytes], seconds: int) -> str:
+    """Set the persistent keepalive of existing peers (``update_only``)."""
     lines = ["set=1"]
-    for peer in peers:
+    for key in public_keys:
         lines += [
-            f"public_key={key_to_hex(peer.public_key)}",
+            f"public_key={key_to_hex(key)}",
             "update_only=true",
             f"persistent_keepalive_interval={seconds}",
         ]
@@ -351,6 +347,15 @@ class UAPIClient:
     def get(self) -> DeviceStatus:
         """The device's current state."""
         return decode_get(self._exchange(encode_get()))
+
+    def nudge(self, public_keys: Sequence[bytes]) -> None:
+        """Start a handshake with these peers now. wireguard-go only starts one
+        when it has something to send: switching persistent keepalive on
+        sends a keepalive at once; it is switched off again (the peers given
+        have it off)."""
+        if public_keys:
+            self.set(encode_keepalive(public_keys, 1))
+            self.set(encode_keepalive(public_keys, 0))
 
     def _exchange(self, request: str) -> str:
         try:

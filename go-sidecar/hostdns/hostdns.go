@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
 )
 
 // ErrNotFound is returned when the name does not exist (NXDOMAIN) or has no
@@ -64,8 +65,15 @@ func WithTimeout(d time.Duration) Option { return func(r *Resolver) { r.timeout 
 
 // New uses a dup of the UDP socket fd (the caller keeps fd) to reach servers.
 func New(fd int, servers []netip.AddrPort, opts ...Option) (*Resolver, error) {
-	f := os.NewFile(uintptr(fd), "host-dns-socket")
-	pc, err := net.FilePacketConn(f) // dups the descriptor
+	// The os.File must own a descriptor of its own: closing it (or, left
+	// open, its finalizer) closes that number, which the caller's fd is not.
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("host DNS socket: %w", err)
+	}
+	f := os.NewFile(uintptr(dup), "host-dns-socket")
+	pc, err := net.FilePacketConn(f) // dups again and registers with the poller
+	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("host DNS socket: %w", err)
 	}

@@ -7,12 +7,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
 )
 
 // fakeServer answers DNS queries on loopback with the records of answers
@@ -280,5 +282,46 @@ func TestIPv6ServersAreSkippedOnAnIPv4Socket(t *testing.T) {
 	got, err := lookup(t, r, "vpn.example")
 	if err != nil || !sameSet(got, addrs("192.0.2.7")) {
 		t.Fatalf("got %v, %v", got, err)
+	}
+}
+
+// New keeps nothing of the caller's descriptor: once the caller closes it and
+// the number is reused, no finalizer of ours may close the new owner's file
+// (the sidecar closes its copy at once; a later accept or open gets its number).
+func TestTheCallersDescriptorIsNotClosedAgainLater(t *testing.T) {
+	conn, err := net.ListenUDP("udp4", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := conn.File()
+	conn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(fd, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	unix.Close(fd)
+	reused, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(reused)
+	if reused != fd {
+		t.Fatalf("descriptor %d not reused (got %d): the test proves nothing", fd, reused)
+	}
+	for range 5 { // finalizers run after a GC, on their own goroutine
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := unix.FcntlInt(uintptr(reused), unix.F_GETFD, 0); err != nil {
+		t.Fatalf("descriptor %d, reused after the caller closed it, was closed behind its owner: %v", reused, err)
 	}
 }

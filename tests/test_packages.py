@@ -213,6 +213,25 @@ def test_every_package_is_of_this_version() -> None:
     assert f"\npkgver={VERSION}\n" in (REPO / "packaging/arch/PKGBUILD").read_text()
 
 
+def test_every_package_carries_the_projects_license() -> None:
+    """LICENSE is the Expat text debian/copyright gives for wg-wrap's own files
+    (the .rpm and the PKGBUILD install LICENSE itself: tested with their payloads)."""
+    def words(text: str) -> list[str]:
+        return text.split()
+
+    license_text = (REPO / "LICENSE").read_text()
+    assert "Copyright (c) 2026 the wg-wrap authors" in license_text
+    copyright_text = (REPO / "packaging/debian/copyright").read_text()
+    assert re.search(r"^Files: \*\nCopyright: 2026 the wg-wrap authors\nLicense: Expat$",
+                     copyright_text, re.M)
+    # the stand-alone paragraph: "License: Expat" and its indented text
+    paragraph = re.search(r"^License: Expat\n((?: .*\n?)+)", copyright_text, re.M)
+    assert paragraph, "debian/copyright has no Expat text"
+    expat = [line for line in paragraph[1].splitlines() if line.strip() != "."]
+    permission = license_text[license_text.index("Permission is hereby"):]
+    assert words("\n".join(expat)) == words(permission)
+
+
 # ---- the .deb ------------------------------------------------------------------------
 
 
@@ -445,7 +464,12 @@ def rpm_files(rpm: Path) -> set[str]:
 @pytest.mark.e2e
 @pytest.mark.timeout(2 * BUILD_TIMEOUT + 300)
 def test_rpm_ships_the_same_files_as_the_deb(rpm_build: Path, deb_build: DebBuild) -> None:
-    assert product_files(rpm_files(rpm_build)) == product_files(deb_files(deb_build.deb))
+    files = rpm_files(rpm_build)
+    assert product_files(files) == product_files(deb_files(deb_build.deb))
+    # %license's directory: wg-wrap on Fedora, wg-wrap-VERSION under Debian's rpm macros
+    licenses = sorted(f for f in files if "/licenses/" in f)
+    assert {"/usr/share/licenses/wg-wrap/LICENSE",
+            f"/usr/share/licenses/wg-wrap-{VERSION}/LICENSE"} & set(licenses), licenses
     requires = {r.split()[0] for r in rpm_query(rpm_build, "--requires")}
     assert {"python3", "python3-pyroute2", "python3-psutil", "python3-tomli-w"} <= requires
     assert rpm_query(rpm_build, "--queryformat", "%{VERSION}\n") == [VERSION]
@@ -522,6 +546,8 @@ def test_pkgbuild_packages_the_debs_files_the_arch_way(
              if not p.is_dir()}
     libexec = "/usr/lib/wg-wrap"  # Arch has no /usr/libexec
     assert product_files(files, libexec) == product_files(deb_files(deb_build.deb))
+    license_file = arch_package / "usr/share/licenses/wg-wrap/LICENSE"
+    assert license_file.read_text() == (REPO / "LICENSE").read_text()
     profile = (arch_package / "usr/share/wg-wrap/apparmor/wg-wrap-launcher").read_text()
     assert f" {libexec}/wg-wrap-launcher " in profile
     # nothing names the staging directory (pip's byte code would)

@@ -289,17 +289,7 @@ func TestIPv6ServersAreSkippedOnAnIPv4Socket(t *testing.T) {
 // the number is reused, no finalizer of ours may close the new owner's file
 // (the sidecar closes its copy at once; a later accept or open gets its number).
 func TestTheCallersDescriptorIsNotClosedAgainLater(t *testing.T) {
-	conn, err := net.ListenUDP("udp4", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := conn.File()
-	conn.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Dup(int(f.Fd()))
-	f.Close()
+	fd, err := unix.Dup(hostSocket(t, "udp4")) // the caller's own copy, closed below
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wg_wrap import keys
+from wg_wrap.runtime import SIDECAR_LOG
 
 READY_TIMEOUT = 30.0
 HTTP_PORT = 8080
@@ -167,6 +168,20 @@ class Server:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def diagnostics(self) -> str:
+        """What a failed test should show of this peer: its WireGuard state
+        (handshakes, bytes) and its log."""
+        raise NotImplementedError
+
+
+def _shown(argv: list[str], **kw: object) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10,  # type: ignore[call-overload]
+                              **kw)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"$ {' '.join(argv)}: {e}\n"
+    return f"$ {' '.join(argv)}  (exit {done.returncode})\n{done.stdout}{done.stderr}"
+
 
 class WgWrapServer(Server):
     name = "wg-wrap"
@@ -180,6 +195,7 @@ class WgWrapServer(Server):
         from conftest import as_user_argv, user_env
 
         self.net, self.keys = net, keys or Keys()
+        self._stage, self._user = stage, user
         # Its own config and runtime directories, private to the test user.
         self._dirs = [Path(tempfile.mkdtemp(prefix="wg-wrap-server-")) for _ in range(2)]
         for d in self._dirs:
@@ -203,7 +219,8 @@ class WgWrapServer(Server):
         # Without a given port, no ListenPort: the host socket is bound to a
         # free port and kept by the server; the port is read back from its state.
         argv = stage.wg_wrap(  # type: ignore[attr-defined]
-            "run", "-n", "test-server", "-c", str(conf), "--listen-address", listen, "--",
+            # -v: its sidecar logs handshakes (diagnostics)
+            "run", "-v", "-n", "test-server", "-c", str(conf), "--listen-address", listen, "--",
             *peer_services_argv(python, net),
         )
         self.process = subprocess.Popen(
@@ -221,6 +238,19 @@ class WgWrapServer(Server):
         state = runtime_dir / "wg-wrap" / "test-server" / "state.toml"
         self.port = int(tomllib.loads(state.read_text())["listen_port"])
         assert port is None or self.port == port
+
+    def diagnostics(self) -> str:
+        from conftest import as_user_argv, user_env
+
+        argv = self._stage.wg_wrap("status", "test-server")  # type: ignore[attr-defined]
+        status = _shown(as_user_argv(self._user, argv),  # type: ignore[arg-type]
+                        env=user_env(self.runtime_dir))
+        log = self.runtime_dir / "wg-wrap" / "test-server" / SIDECAR_LOG
+        try:
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-60:])
+        except OSError as e:
+            tail = f"{e}\n"
+        return f"{status}--- its sidecar's log ({log}), last lines:\n{tail}"
 
     @property
     def runtime_dir(self) -> Path:
@@ -317,6 +347,9 @@ class StockServer(Server):
         self.log = LineLog(self._services.stdout)
         if not self.log.wait_for("ready", READY_TIMEOUT):
             raise RuntimeError("peer services did not start in the test namespace")
+
+    def diagnostics(self) -> str:
+        return _shown(["wg", "show", self.ifname])
 
     def _listen_port(self) -> int:
         """The port wireguard-go bound (no listen-port set: a free one), once

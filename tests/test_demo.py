@@ -25,6 +25,10 @@ def test_demo_as_an_unprivileged_user(
     lines = result.stdout.splitlines()
     assert lines[-1] == LAST_LINE
     assert "network interfaces were: lo tun0 (" in result.stdout
+    assert ("DNS question for peer.demo.wg-wrap.test, from 10.77.0.2: names are resolved "
+            "through the tunnel too") in result.stdout
+    # a showcase prints no warning (nor anything else) on stderr
+    assert result.stderr == "", result.stderr
     assert not sidecars_of(test_user, user_runtime_dir)
     assert list((user_runtime_dir / "wg-wrap").iterdir()) == []
 

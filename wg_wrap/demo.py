@@ -21,6 +21,9 @@ from wg_wrap import keys, runtime
 from wg_wrap.errors import SetupError
 
 SERVER_IP, CLIENT_IP = "10.77.0.1", "10.77.0.2"
+# Served by the server's DNS (DNS = its tunnel address in both configs): the
+# client finds the page by name, and the name too is asked through the tunnel.
+SERVER_NAME = "peer.demo.wg-wrap.test"
 HTTP_PORT = 8080
 READY_TIMEOUT = 20.0
 
@@ -28,7 +31,7 @@ CLIENT_PROGRAM = f"""
 import urllib.request
 links = [l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:]]
 print("links:", " ".join(sorted(links)))
-body = urllib.request.urlopen("http://{SERVER_IP}:{HTTP_PORT}/", timeout=10).read().decode()
+body = urllib.request.urlopen("http://{SERVER_NAME}:{HTTP_PORT}/", timeout=10).read().decode()
 print("body:", body.strip())
 """
 
@@ -51,7 +54,8 @@ def write_server_config(directory: Path, server_key: bytes, client_key: bytes) -
     return _write_private(directory / f"{SERVER_PROFILE}.conf", (
         "[Interface]\n"
         f"PrivateKey = {keys.encode(server_key)}\n"
-        f"Address = {SERVER_IP}/24, fd77::1/64\n\n"
+        f"Address = {SERVER_IP}/24, fd77::1/64\n"
+        f"DNS = {SERVER_IP}\n\n"
         "[Peer]\n"
         f"PublicKey = {keys.encode(keys.public_key(client_key))}\n"
         f"AllowedIPs = {CLIENT_IP}/32, fd77::2/128\n"
@@ -63,7 +67,8 @@ def write_client_config(directory: Path, client_key: bytes, server_key: bytes, p
     return _write_private(directory / "demo-client.conf", (
         "[Interface]\n"
         f"PrivateKey = {keys.encode(client_key)}\n"
-        f"Address = {CLIENT_IP}/24, fd77::2/64\n\n"
+        f"Address = {CLIENT_IP}/24, fd77::2/64\n"
+        f"DNS = {SERVER_IP}\n\n"
         "[Peer]\n"
         f"PublicKey = {keys.encode(keys.public_key(server_key))}\n"
         f"Endpoint = 127.0.0.1:{port}\n"
@@ -109,16 +114,18 @@ def main(verbose: bool = False) -> int:
     extra = ["-v"] if verbose else []
     workdir = Path(tempfile.mkdtemp(prefix="wg-wrap-demo-"))
     server: subprocess.Popen[str] | None = None
+    server_log = ""  # what its services printed after "ready"
     try:
         server_key, client_key = keys.generate_private_key(), keys.generate_private_key()
         server_conf = write_server_config(workdir, server_key, client_key)
         say(f"generated keys and the server's config in {workdir}")
         say(f"server: wg-wrap run -c {server_conf.name} --listen-address 127.0.0.1 "
             f"-- python -m wg_wrap.demo_peer   (WireGuard on 127.0.0.1, a free port; "
-            f"tunnel address {SERVER_IP})")
+            f"tunnel address {SERVER_IP}, serving HTTP and DNS for {SERVER_NAME})")
         server = subprocess.Popen(
             [*wg_wrap, "run", *extra, "-c", str(server_conf), "--listen-address", "127.0.0.1",
-             "--", sys.executable, "-m", "wg_wrap.demo_peer", "--http", str(HTTP_PORT)],
+             "--", sys.executable, "-m", "wg_wrap.demo_peer", "--http", str(HTTP_PORT),
+             "--dns", f"{SERVER_NAME}={SERVER_IP}"],
             stdout=subprocess.PIPE, text=True,
         )
         _wait_ready(server)
@@ -126,8 +133,8 @@ def main(verbose: bool = False) -> int:
         client_conf = write_client_config(workdir, client_key, server_key, port)
         say(f"the server listens on 127.0.0.1:{port}; the client's config says so")
         say(f"client: wg-wrap run -c {client_conf.name} -- python -c <fetch "
-            f"http://{SERVER_IP}:{HTTP_PORT}/>   (AllowedIPs 0.0.0.0/0, ::/0: everything "
-            "goes to the tunnel)")
+            f"http://{SERVER_NAME}:{HTTP_PORT}/>   (AllowedIPs 0.0.0.0/0, ::/0 and "
+            f"DNS = {SERVER_IP}: everything, names too, goes to the tunnel)")
         client = subprocess.run(
             [*wg_wrap, "run", *extra, "-c", str(client_conf), "--",
              sys.executable, "-c", CLIENT_PROGRAM],
@@ -143,6 +150,7 @@ def main(verbose: bool = False) -> int:
                 server.kill()
                 server.wait()
             if server.stdout:
+                server_log = server.stdout.read()
                 server.stdout.close()
         shutil.rmtree(workdir, ignore_errors=True)
     _wait_ended((SERVER_PROFILE, "demo-client"))
@@ -158,5 +166,8 @@ def main(verbose: bool = False) -> int:
         "(no way out but the tunnel)")
     say(f"the server saw the request come from {CLIENT_IP}, the client's tunnel address, "
         "which exists only inside the tunnel: the page travelled through WireGuard")
+    if f"dns {CLIENT_IP}" in server_log.split("\n"):
+        say(f"the server also answered the client's DNS question for {SERVER_NAME}, "
+            f"from {CLIENT_IP}: names are resolved through the tunnel too")
     say(f"fetched through the tunnel: {body}")
     return 0

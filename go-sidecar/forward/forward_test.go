@@ -112,10 +112,12 @@ func serveEcho(l net.Listener) {
 	}
 }
 
-// startTCP forwards a host listener on 127.0.0.1 to port.
-func startTCP(t *testing.T, to uint16) *TCP {
+// serve runs f until the test ends; Serve must then return without error.
+func serve(t *testing.T, f interface {
+	Serve() error
+	Close() error
+}) {
 	t.Helper()
-	f := NewTCP(listenTCP(t, "127.0.0.1:0"), to, t.Logf)
 	done := make(chan error, 1)
 	go func() { done <- f.Serve() }()
 	t.Cleanup(func() {
@@ -124,6 +126,13 @@ func startTCP(t *testing.T, to uint16) *TCP {
 			t.Errorf("Serve: %v", err)
 		}
 	})
+}
+
+// startTCP forwards a host listener on 127.0.0.1 to port.
+func startTCP(t *testing.T, to uint16) *TCP {
+	t.Helper()
+	f := NewTCP(listenTCP(t, "127.0.0.1:0"), to, t.Logf)
+	serve(t, f)
 	return f
 }
 
@@ -294,14 +303,7 @@ func startUDP(t *testing.T, to uint16, idle time.Duration) *UDP {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- f.Serve() }()
-	t.Cleanup(func() {
-		f.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	serve(t, f)
 	return f
 }
 

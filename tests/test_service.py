@@ -4,6 +4,7 @@ against a real wg-wrap server peer, with a real notify socket."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -112,6 +113,17 @@ def _curl(server: WgWrapServer) -> tuple[str, ...]:
     return ("curl", "-sS", "--max-time", "10", f"http://{server.net.server4}:{HTTP_PORT}/")
 
 
+@contextlib.contextmanager
+def _reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``process``, killed at the end if the test left it running."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def _end(process: subprocess.Popen[str], timeout: float = 15) -> tuple[int, str]:
     try:
         _, err = process.communicate(timeout=timeout)
@@ -183,7 +195,7 @@ def test_foreground_is_ready_after_the_handshake_and_stops_on_signal(
 ) -> None:
     service.add_config("wg0", wgwrap_server.client_config())
     process = service.foreground("wg0")
-    try:
+    with _reaped(process):
         messages = service.messages_until("READY", READY_TIMEOUT)
         assert messages[0] == {"STATUS": "starting"}
         assert messages[-1] == {"READY": "1", "STATUS": "profile wg0 is up"}
@@ -198,10 +210,6 @@ def test_foreground_is_ready_after_the_handshake_and_stops_on_signal(
         process.send_signal(stop)
         assert service.messages_until("STOPPING", 15)[-1]["STOPPING"] == "1"
         status, err = _end(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert status == 0, err
     assert "profile wg0 is up; SIGTERM or Ctrl-C takes it down" in err
     assert service.profiles() == [] and not service.sidecars()
@@ -212,15 +220,11 @@ def test_foreground_exits_non_zero_when_the_sidecar_dies(
 ) -> None:
     service.add_config("wg0", wgwrap_server.client_config())
     process = service.foreground("wg0")
-    try:
+    with _reaped(process):
         service.messages_until("READY", READY_TIMEOUT)
         (sidecar,) = service.sidecars()
         os.kill(sidecar, signal.SIGKILL)
         status, err = _end(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert status == 1, err
     assert "wg-wrap: error: the sidecar of profile wg0 was killed by signal 9: the tunnel is down" \
         in err.splitlines(), err
@@ -336,15 +340,11 @@ def test_the_installed_user_unit_verifies_and_runs_up_foreground_by_name(
         env=service.env(NOTIFY_SOCKET=service.notify.getsockname()),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    try:
+    with _reaped(process):
         assert service.messages_until("READY", READY_TIMEOUT)[-1]["READY"] == "1"
         exec_ = service("exec", "wg0", "--", *_curl(wgwrap_server))
         assert f"sees you as {wgwrap_server.net.client4}" in exec_.stdout, exec_.stderr
         process.terminate()  # systemctl stop
         status, err = _end(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert status == 0, err
     assert service.profiles() == [] and not service.sidecars()

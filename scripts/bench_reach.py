@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchkit import SENDER, SINK
+from benchkit import SENDER, SINK, start_ready
 
 from wg_wrap import keys
 
@@ -91,15 +91,6 @@ def write_configs(directory: Path, port: int) -> tuple[Path, Path, Path]:
     for path in paths:
         path.chmod(0o600)
     return paths[0], paths[1], paths[2]
-
-
-def start_service(argv: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        proc.kill()
-        sys.exit(f"the service did not start: {argv[:6]}")
-    return proc
 
 
 def memory(pid: int) -> tuple[int, int]:
@@ -174,7 +165,7 @@ def main() -> int:
         try:
             run(*wg_wrap, "up", "--no-wait", "-n", server_p, "-c", str(server_conf),
                 "--listen-address", "127.0.0.1")
-            services.append(start_service([*wg_wrap, "exec", server_p, "--", python, "-c",
+            services.append(start_ready([*wg_wrap, "exec", server_p, "--", python, "-c",
                                            DOWNLOADS]))
             run(*wg_wrap, "up", "-n", client_p, "-c", str(client_conf),
                 "-p", f"127.0.0.1:0:{SINK_PORT}", "--socks", "127.0.0.1:0")
@@ -186,7 +177,7 @@ def main() -> int:
             socks_host, socks_port = client["socks"]["address"].rsplit(":", 1)
             sidecars = {"with": client["sidecar_pid"], "without": plain["sidecar_pid"]}
             rss_start = {k: memory(pid) for k, pid in sidecars.items()}
-            services.append(start_service([*wg_wrap, "exec", client_p, "--", python, "-c",
+            services.append(start_ready([*wg_wrap, "exec", client_p, "--", python, "-c",
                                            SINK, "127.0.0.1", str(SINK_PORT)]))
             for i in range(args.rounds):
                 pairs = [

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import SENDER, SINK
+from benchkit import SENDER, SINK, start_ready
 
 from wg_wrap import keys
 
@@ -56,15 +56,6 @@ def write_client_config(directory: Path, s: bytes, c: bytes, port: int) -> Path:
     return client
 
 
-def start_sink(argv: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        proc.kill()
-        sys.exit(f"the sink did not start: {argv}")
-    return proc
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -84,8 +75,8 @@ def main() -> int:
         subprocess.run([*wg_wrap, "up", "-n", f"{name}-c", "-c", str(client_conf)],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sinks = [
-            start_sink([*wg_wrap, "exec", name, "--", python, "-c", SINK, "0.0.0.0", "5201"]),
-            start_sink([python, "-c", SINK, "127.0.0.1", "5202"]),
+            start_ready([*wg_wrap, "exec", name, "--", python, "-c", SINK, "0.0.0.0", "5201"]),
+            start_ready([python, "-c", SINK, "127.0.0.1", "5202"]),
         ]
         tunnel, loopback = [], []
         try:

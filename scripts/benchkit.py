@@ -1,6 +1,11 @@
 """Programs the benchmarks run, inside profiles and on the host (each passed
 as `python -c PROGRAM ARGS...`), so that every benchmark measures with the
-same sink and sender."""
+same sink and sender, and starts them alike."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
 
 # A TCP sink: SINK HOST PORT. Says "ready", then for each connection reads to
 # the end and answers with the number of bytes it got.
@@ -32,3 +37,14 @@ c.shutdown(socket.SHUT_WR)
 received = int(c.recv(64))
 print(f"{received * 8 / (time.perf_counter() - start) / 1e6:.0f}")
 """
+
+
+def start_ready(argv: list[str]) -> subprocess.Popen[str]:
+    """Start a program that prints "ready" once it listens (SINK does); exit
+    the benchmark if it does not."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        sys.exit(f"did not start: {argv[:6]}")
+    return proc

@@ -4,8 +4,9 @@ package main
 // port, start the proxy front. The UAPI socket stays pure wireguard-go
 // protocol, so that wg-style tools keep working on it.
 //
-// It is a SOCK_SEQPACKET unix socket, mode 0600 in the profile's private
-// runtime directory. Each request is one message: a JSON object, with the
+// It is a SOCK_SEQPACKET unix socket wg-wrap binds on the host (an abstract
+// address of the host's network namespace) and hands over; only the user's
+// own processes are served (acceptOwn). Each request is one message: a JSON object, with the
 // host sockets it hands over attached as SCM_RIGHTS; each answer is one
 // JSON object, {"error": "..."} on failure.
 //
@@ -87,21 +88,14 @@ type control struct {
 	httpAt    string
 }
 
-// startControl listens on path and serves it; a nil control (and no
-// error) when path is empty.
-func startControl(path string, logger *device.Logger) (*control, error) {
-	if path == "" {
-		return nil, nil
-	}
-	l, err := listenPrivate("unixpacket", path)
-	if err != nil {
-		return nil, err
-	}
+// startControl serves the control socket l (a listening SOCK_SEQPACKET
+// unix socket: see listenerFromEnv).
+func startControl(l *net.UnixListener, logger *device.Logger) *control {
 	c := &control{listener: l, logger: logger, errs: make(chan error, 1),
 		conns: make(map[*net.UnixConn]struct{})}
 	c.wg.Add(1)
 	go c.serve()
-	return c, nil
+	return c
 }
 
 // Errs reports the listener's failure; nil (never ready) on a nil control.
@@ -117,7 +111,7 @@ func (c *control) Close() {
 	if c == nil {
 		return
 	}
-	c.listener.Close() // unlinks the socket
+	c.listener.Close()
 	c.mu.Lock()
 	c.closed = true
 	for conn := range c.conns {
@@ -144,7 +138,7 @@ func (c *control) Close() {
 func (c *control) serve() {
 	defer c.wg.Done()
 	for {
-		conn, err := c.listener.AcceptUnix()
+		conn, err := acceptOwn(c.listener, c.logger.Errorf)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				c.errs <- err

@@ -24,11 +24,12 @@ import (
 func startTestControl(t *testing.T) (*control, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "control.sock")
-	logger := &device.Logger{Verbosef: t.Logf, Errorf: t.Logf}
-	c, err := startControl(path, logger)
+	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	logger := &device.Logger{Verbosef: t.Logf, Errorf: t.Logf}
+	c := startControl(l, logger)
 	t.Cleanup(c.Close)
 	return c, path
 }
@@ -204,11 +205,6 @@ func TestControlRefusesBadRequests(t *testing.T) {
 		if r := request(t, path, tc.req, tc.files...); !strings.Contains(r.Error, tc.want) {
 			t.Errorf("%s: %+v, want %q", tc.req, r, tc.want)
 		}
-	}
-	// The socket is private.
-	st, err := os.Stat(path)
-	if err != nil || st.Mode().Perm() != 0o600 {
-		t.Fatalf("control socket mode %v %v", st.Mode(), err)
 	}
 }
 

@@ -14,31 +14,36 @@ import (
 )
 
 func TestParseArgs(t *testing.T) {
-	opts, err := parseArgs([]string{"--uapi", "/run/x.sock"}, io.Discard)
+	opts, err := parseArgs(nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if opts.ifname != "tun0" || opts.mtu != 1420 || opts.holdPath != "" || opts.verbose {
+	if opts.ifname != "tun0" || opts.mtu != 1420 || opts.holdPath != "" || opts.verbose || opts.view {
 		t.Fatalf("defaults: %+v", opts)
 	}
-	opts, err = parseArgs([]string{"--uapi=/s", "--ifname", "wg7", "--mtu", "1280", "--hold", "/h", "-v"}, io.Discard)
+	opts, err = parseArgs([]string{"--profile", "p", "--ifname", "wg7", "--mtu", "1280", "--hold", "h",
+		"--remove-state", "--view", "--resolv-conf", "r", "--hide", "/a", "--hide", "/b", "-v"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if opts != (options{uapiPath: "/s", ifname: "wg7", mtu: 1280, holdPath: "/h", verbose: true}) {
+	if opts.profile != "p" || opts.ifname != "wg7" || opts.mtu != 1280 || opts.holdPath != "h" ||
+		!opts.removeState || !opts.view || opts.resolvConf != "r" || !opts.verbose ||
+		strings.Join(opts.hide, " ") != "/a /b" {
 		t.Fatalf("parsed %+v", opts)
 	}
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{}, "--uapi PATH is required"},
-		{[]string{"--uapi", "/s", "--mtu", "575"}, "out of range"},
-		{[]string{"--uapi", "/s", "--mtu", "65536"}, "out of range"},
-		{[]string{"--uapi", "/s", "--ifname", "a/b"}, "not a valid interface name"},
-		{[]string{"--uapi", "/s", "--ifname", "sixteen-chars-xx"}, "not a valid interface name"},
-		{[]string{"--uapi", "/s", "extra"}, "unexpected argument"},
+		{[]string{"--mtu", "575"}, "out of range"},
+		{[]string{"--mtu", "65536"}, "out of range"},
+		{[]string{"--ifname", "a/b"}, "not a valid interface name"},
+		{[]string{"--ifname", "sixteen-chars-xx"}, "not a valid interface name"},
+		{[]string{"extra"}, "unexpected argument"},
 		{[]string{"--private-key", "x"}, "not defined"},
+		{[]string{"--uapi", "/s"}, "not defined"},
+		{[]string{"--remove-state", "--hold", "h"}, "needs --hold and --profile"},
+		{[]string{"--hide", "/a"}, "need --view"},
 	} {
 		if _, err := parseArgs(tc.args, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseArgs(%q) error = %v, want %q", tc.args, err, tc.want)
@@ -150,11 +155,19 @@ func TestStartupFailureIsReported(t *testing.T) {
 		code int
 		want string
 	}{
-		{"", []string{"--uapi", "/nonexistent/x"}, exitFailure, "ERROR WG_WRAP_HOST_SOCKET_FD: not set"},
-		{"0", []string{"--uapi", "/nonexistent/x"}, exitFailure, "ERROR WG_WRAP_HOST_SOCKET_FD: 0 is a standard stream"},
+		{"", nil, exitFailure, "ERROR WG_WRAP_HOST_SOCKET_FD: not set"},
+		{"0", nil, exitFailure, "ERROR WG_WRAP_HOST_SOCKET_FD: 0 is a standard stream"},
 		{"", []string{"--mtu", "9"}, exitUsage, "ERROR usage: "},
 	} {
 		r := setReadyPipe(t)
+		dir, err := os.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dir.Close()
+		cwd, _ := os.Getwd()
+		defer os.Chdir(cwd) // run() makes the runtime directory its working directory
+		t.Setenv(envStateDirFD, strconv.Itoa(int(dir.Fd())))
 		t.Setenv(envHostSocketFD, tc.env)
 		var stderr bytes.Buffer
 		if code := run(tc.args, &stderr); code != tc.code {
@@ -170,37 +183,54 @@ func TestStartupFailureIsReported(t *testing.T) {
 	}
 }
 
-func TestListenUAPI(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "uapi.sock")
-	l, err := listenUAPI(path)
+func TestListenerFromEnvTakesOnlyAListeningSocketOfItsType(t *testing.T) {
+	dir := t.TempDir()
+	stream, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "s"), Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Lstat(path)
+	defer stream.Close()
+	f, err := stream.File()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("UAPI socket mode %v, want a 0600 socket", fi.Mode())
+	defer f.Close()
+	const name = "WG_WRAP_TEST_LISTENER_FD"
+	t.Setenv(name, strconv.Itoa(int(f.Fd())))
+	if _, err := listenerFromEnv(name, unix.SOCK_SEQPACKET); err == nil {
+		t.Fatal("a stream socket was taken for a seqpacket one")
 	}
-	if _, err := listenUAPI(path); err == nil || !strings.Contains(err.Error(), "already exists") {
-		t.Fatalf("second listen: %v, want an 'already exists' error", err)
-	}
-	c, err := net.Dial("unix", path)
+	f2, _ := stream.File()
+	t.Setenv(name, strconv.Itoa(int(f2.Fd())))
+	l, err := listenerFromEnv(name, unix.SOCK_STREAM)
 	if err != nil {
-		t.Fatalf("connecting: %v", err)
-	}
-	c.Close()
-	l.Close()
-	if _, err := os.Lstat(path); !os.IsNotExist(err) {
-		t.Fatalf("socket not unlinked on close: %v", err)
-	}
-	// Something else at the path (a stale file) is refused too, not replaced.
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := listenUAPI(path); err == nil {
-		t.Fatal("listenUAPI replaced an existing file")
+	defer l.Close()
+	if _, set := os.LookupEnv(name); set {
+		t.Error("the variable is left for what the sidecar might start")
+	}
+	// Our own user is served.
+	go func() {
+		c, err := net.Dial("unix", filepath.Join(dir, "s"))
+		if err == nil {
+			c.Close()
+		}
+	}()
+	conn, err := acceptOwn(l, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid, err := peerUID(conn); err != nil || uid != os.Getuid() {
+		t.Errorf("peer uid %d, %v", uid, err)
+	}
+	conn.Close()
+	r, w, _ := os.Pipe()
+	defer r.Close()
+	defer w.Close()
+	t.Setenv(name, strconv.Itoa(int(r.Fd())))
+	if _, err := listenerFromEnv(name, unix.SOCK_STREAM); err == nil {
+		t.Error("a pipe was taken for a socket")
 	}
 }
 

@@ -74,10 +74,18 @@ func startSidecar(t *testing.T, dir, name string, extraArgs ...string) *sidecarP
 		t.Fatal(err)
 	}
 	s := &sidecarProc{uapi: filepath.Join(dir, name+".sock"), port: port, key: key, stderr: new(bytes.Buffer), exited: make(chan error, 1)}
-	args := append([]string{"--uapi", s.uapi, "--ifname", "wgw0", "--mtu", "1380", "-v"}, extraArgs...)
+	// The sockets wg-wrap binds on the host and hands over (here at paths).
+	uapi, control := unixListenerFile(t, "unix", s.uapi), unixListenerFile(t, "unixpacket", filepath.Join(dir, name+".ctl"))
+	state, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer state.Close()
+	args := append([]string{"--ifname", "wgw0", "--mtu", "1380", "-v"}, extraArgs...)
 	s.cmd = exec.Command(os.Args[0], args...)
-	s.cmd.Env = append(os.Environ(), envTestMode+"=sidecar", envHostSocketFD+"=3", envReadyFD+"=4")
-	s.cmd.ExtraFiles = []*os.File{sock, readyW}
+	s.cmd.Env = append(os.Environ(), envTestMode+"=sidecar", envHostSocketFD+"=3", envReadyFD+"=4",
+		envUAPIFD+"=5", envControlFD+"=6", envStateDirFD+"=7")
+	s.cmd.ExtraFiles = []*os.File{sock, readyW, uapi, control, state}
 	s.cmd.Stderr = s.stderr
 	uid, gid := os.Getuid(), os.Getgid()
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -94,6 +102,8 @@ func startSidecar(t *testing.T, dir, name string, extraArgs ...string) *sidecarP
 	// The sidecar owns them now (the socket's O_NONBLOCK is shared anyway).
 	sock.Close()
 	readyW.Close()
+	uapi.Close()
+	control.Close()
 	go func() { s.exited <- s.cmd.Wait() }()
 	t.Cleanup(func() {
 		s.cmd.Process.Kill()
@@ -108,6 +118,23 @@ func startSidecar(t *testing.T, dir, name string, extraArgs ...string) *sidecarP
 		t.Fatalf("%s: ready pipe said %q (%v); stderr:\n%s", name, line, err, s.stderr)
 	}
 	return s
+}
+
+// unixListenerFile is a listening unix socket at path, as a file to hand over.
+func unixListenerFile(t *testing.T, network, path string) *os.File {
+	t.Helper()
+	l, err := net.ListenUnix(network, &net.UnixAddr{Name: path, Net: network})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	defer l.Close()
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
 }
 
 // loopbackHostSocket is a dual-stack UDP socket like the one the Python side
@@ -241,7 +268,7 @@ func TestTwoSidecarsPingThroughTheTunnel(t *testing.T) {
 	}
 
 	a := startSidecar(t, dir, "a")
-	b := startSidecar(t, dir, "b", "--hold", holdPath)
+	b := startSidecar(t, dir, "b", "--hold", "hold") // in its runtime directory: dir
 
 	// Configure WireGuard before the links are up, as the parent does: the
 	// devices must start by themselves when the links go up.
@@ -262,7 +289,7 @@ func TestTwoSidecarsPingThroughTheTunnel(t *testing.T) {
 	t.Log(a.inside(t, ping, os.Args[0], "fd77::2", "3"))
 	t.Log(b.inside(t, ping, os.Args[0], "fd77::1", "3"))
 
-	// SIGTERM: clean exit, UAPI socket removed.
+	// SIGTERM: clean exit, UAPI socket closed.
 	if err := a.cmd.Process.Signal(unix.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -326,8 +353,10 @@ func expectExit(t *testing.T, s *sidecarProc, why string) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("sidecar did not exit after %s", why)
 	}
-	if _, err := os.Lstat(s.uapi); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("after %s: UAPI socket still there: %v", why, err)
+	// The listening socket was handed over: nobody serves it any more.
+	if c, err := net.Dial("unix", s.uapi); err == nil {
+		c.Close()
+		t.Fatalf("after %s: the UAPI socket still accepts connections", why)
 	}
 }
 

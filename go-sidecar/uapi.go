@@ -10,44 +10,90 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 )
 
-// listenUAPI creates the UAPI socket at path, mode 0600. wireguard-go's own
-// ipc.UAPIListen insists on /var/run/wireguard; the sidecar puts it in the
-// profile's runtime directory instead.
-func listenUAPI(path string) (*net.UnixListener, error) {
-	return listenPrivate("unix", path)
+const (
+	envUAPIFD    = "WG_WRAP_UAPI_FD"
+	envControlFD = "WG_WRAP_CONTROL_FD"
+)
+
+// listenerFromEnv wraps the listening unix socket the parent handed over
+// in the environment variable name: wg-wrap binds it on the host, in the
+// host's network namespace (an abstract address: no file anywhere), so the
+// profile's programs, in a network namespace of their own, can never reach
+// it, whatever they see of the filesystem. sotype is unix.SOCK_STREAM (UAPI)
+// or unix.SOCK_SEQPACKET (control).
+func listenerFromEnv(name string, sotype int) (*net.UnixListener, error) {
+	fd, err := fdFromEnv(name, true)
+	if err != nil {
+		return nil, err
+	}
+	os.Unsetenv(name)
+	domain, derr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	typ, terr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	accepting, aerr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	if err := errors.Join(derr, terr, aerr); err != nil || domain != unix.AF_UNIX || typ != sotype || accepting != 1 {
+		unix.Close(fd)
+		return nil, fmt.Errorf("file descriptor %d is not a listening unix socket of type %d", fd, sotype)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close() // FileListener works on a dup
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, err
+	}
+	ul, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, errors.New("not a unix listener")
+	}
+	return ul, nil
 }
 
-// listenPrivate creates a unix socket ("unix" or "unixpacket") at path,
-// mode 0600. An existing path is refused rather than replaced: it may
-// belong to a live sidecar.
-func listenPrivate(network, path string) (*net.UnixListener, error) {
-	if _, err := os.Lstat(path); err == nil {
-		return nil, fmt.Errorf("%s already exists", path)
-	}
-	// The socket must never exist with looser permissions, not even between
-	// bind and chmod.
-	old := unix.Umask(0o077)
-	l, err := net.ListenUnix(network, &net.UnixAddr{Name: path, Net: network})
-	unix.Umask(old)
-	if err != nil {
-		if errors.Is(err, unix.EADDRINUSE) {
-			return nil, fmt.Errorf("%s already exists", path)
+// acceptOwn accepts the next connection from a process of our own user:
+// an address in the host's abstract namespace is open to every local user,
+// so the kernel's word on who connected (SO_PEERCRED) decides, as the
+// socket file's mode 0600 did. Others are closed at once.
+func acceptOwn(l *net.UnixListener, logf func(string, ...any)) (*net.UnixConn, error) {
+	for {
+		conn, err := l.AcceptUnix()
+		if err != nil {
+			return nil, err
 		}
-		return nil, err
+		uid, err := peerUID(conn)
+		if err == nil && uid == os.Getuid() {
+			return conn, nil
+		}
+		if err != nil {
+			logf("refusing a connection on %v: %v", l.Addr(), err)
+		} else {
+			logf("refusing a connection on %v from uid %d", l.Addr(), uid)
+		}
+		conn.Close()
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, err
+}
+
+func peerUID(conn *net.UnixConn) (int, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return -1, err
 	}
-	l.SetUnlinkOnClose(true)
-	return l, nil
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return -1, err
+	}
+	if cerr != nil {
+		return -1, cerr
+	}
+	return int(cred.Uid), nil
 }
 
 // serveUAPI answers each UAPI connection with wireguard-go's protocol
 // handler until the listener fails; closing the listener ends it silently.
-func serveUAPI(l *net.UnixListener, dev *device.Device, errs chan<- error) {
+func serveUAPI(l *net.UnixListener, dev *device.Device, logf func(string, ...any), errs chan<- error) {
 	for {
-		conn, err := l.Accept()
+		conn, err := acceptOwn(l, logf)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				errs <- err

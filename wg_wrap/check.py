@@ -218,7 +218,10 @@ def latest_handshake(profile: Profile, wait: float) -> float | None:
     """The most recent handshake of any peer.  When there is none recent
     enough, one is asked for, as `up` does (persistent keepalive switched on
     sends a keepalive at once), and awaited up to ``wait`` seconds."""
-    client = uapi.UAPIClient(profile.uapi_path)
+    state = profile.read_state()
+    if state is None:
+        raise SetupError(f"profile {profile.name} has no state")
+    client = uapi.UAPIClient(state.uapi_address)
     deadline = time.monotonic() + wait
     nudged = False
     while True:

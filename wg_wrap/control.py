@@ -1,7 +1,8 @@
 """The sidecar's control socket: wg-wrap's own verbs, apart from UAPI.
 
-A SOCK_SEQPACKET unix socket (``control.sock``, 0600, in the profile's
-runtime directory).  One message per request: a JSON object, with the host
+A SOCK_SEQPACKET unix socket, bound on the host and handed to the sidecar
+(wg_wrap.sockets: an abstract address only the user's processes are served
+on).  One message per request: a JSON object, with the host
 sockets it hands over attached as SCM_RIGHTS; one JSON object back,
 ``{"error": "..."}`` on failure.  The protocol is described in
 ``go-sidecar/control.go``.
@@ -15,14 +16,15 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from wg_wrap import sockets
 from wg_wrap.errors import SetupError
 
 MAX_REPLY = 64 << 10
 
 
 class ControlClient:
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        self.path = path
+    def __init__(self, address: str, timeout: float = 10.0) -> None:
+        self.address = address
         self.timeout = timeout
 
     def request(self, message: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
@@ -32,7 +34,7 @@ class ControlClient:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.settimeout(self.timeout)
             try:
-                sock.connect(self.path)
+                sockets.connect_own(sock, self.address)
                 ancillary = (
                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
                     if fds else []

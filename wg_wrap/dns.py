@@ -1,26 +1,19 @@
-"""Name resolution inside the namespace, without leaks.
+"""Name resolution inside the namespace, without leaks: the profile's
+``resolv.conf``, and what the host's says.
 
-Pure planning: which ``resolv.conf`` the wrapped program sees, and which
-launcher mount operations make it so.  Host daemons that resolve names on
-the wrapped program's behalf over unix sockets (systemd-resolved through
-nss-resolve, nscd, avahi through nss-mdns) would resolve on the host
-network, outside the tunnel: their socket directories are hidden under empty
-tmpfs mounts.
+The namespace's view of the host (go-sidecar/view) shows the profile's file
+as ``/etc/resolv.conf`` (or the host's, followed, for a profile without DNS),
+never the sockets of host daemons that resolve names on the host's network
+(nscd, systemd-resolved, avahi), and, with DNS, an nsswitch.conf whose hosts
+line asks nothing else.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 ETC_RESOLV = "/etc/resolv.conf"
-SYSTEMD_RESOLVE = "/run/systemd/resolve"
-# Directories whose sockets resolve names on the host's network.
-HIDDEN_DIRS = (SYSTEMD_RESOLVE, "/run/nscd", "/var/run/nscd", "/run/avahi-daemon")
-# Names /etc/resolv.conf may point to inside /run/systemd/resolve.
-SYSTEMD_RESOLV_NAMES = ("stub-resolv.conf", "resolv.conf")
 MAX_NAMESERVERS = 3  # glibc's MAXNS: later ones are ignored
 
 
@@ -77,49 +70,3 @@ def unrouted_nameservers(
         text for text, ip in _nameservers(resolv_text)
         if not ip.is_loopback and not any(ip in net for net in routed)
     ]
-
-
-@dataclass(frozen=True)
-class HostLayout:
-    """What the host's filesystem looks like, read once (kept separate so the
-    planning below is pure and testable for every layout)."""
-
-    resolv_target: str  # realpath of /etc/resolv.conf
-    existing_dirs: tuple[str, ...]  # realpaths of the HIDDEN_DIRS that exist
-
-    @classmethod
-    def read(cls) -> HostLayout:
-        dirs: list[str] = []
-        for d in HIDDEN_DIRS:
-            real = os.path.realpath(d)
-            if os.path.isdir(real) and real not in dirs:
-                dirs.append(real)
-        return cls(os.path.realpath(ETC_RESOLV), tuple(dirs))
-
-
-def mount_ops(generated: str, layout: HostLayout) -> list[str]:
-    """Launcher ``create`` operations installing ``generated`` as the resolver
-    (one argument per path: a path may contain any character but NUL).
-
-    Order matters on systemd-resolved hosts: /etc/resolv.conf is a symlink
-    into /run/systemd/resolve, so hiding that directory breaks the link unless
-    the generated file is put back inside the new tmpfs under the names the
-    link may point to.
-    """
-    ops: list[str] = []
-    placed = False
-    for directory in layout.existing_dirs:
-        ops += ["--tmpfs", directory]
-        names: list[str] = []
-        if directory == SYSTEMD_RESOLVE:
-            names += SYSTEMD_RESOLV_NAMES
-        if os.path.dirname(layout.resolv_target) == directory:
-            base = os.path.basename(layout.resolv_target)
-            if base not in names:
-                names.append(base)
-        for name in names:
-            ops += ["--file", generated, f"{directory}/{name}"]
-        placed = placed or os.path.dirname(layout.resolv_target) == directory
-    if not placed:
-        ops += ["--bind", generated, ETC_RESOLV]
-    return ops

@@ -3,9 +3,11 @@
 Each check does the real thing where it can rather than guess from sysctls:
 distributions restrict user namespaces in different ways, and on Ubuntu
 23.10+ creating one still succeeds while every capability in it is denied.
-So the probe runs ``wg-wrap-launcher create`` with the mounts wg-wrap makes
-(plus a tmpfs), and inside it creates a TUN device and gives it an address,
-with only the capability the sidecar gets.
+So the probe starts a real sidecar (``wg-wrap-launcher create``) with no
+peer: its view of the host, with a resolv.conf of its own and a hidden
+directory, and its TUN device, which gets an address from outside as a
+profile's does; then a program joined to it, as a wrapped program is, checks
+what it sees.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wg_wrap import __version__, apparmor, dns, hints, paths, runtime, version
 from wg_wrap.errors import WgWrapError
 from wg_wrap.hints import TUN, TUN_HINT, hint_for
+
+if TYPE_CHECKING:
+    from wg_wrap.launch import Sidecar
 
 PROBE_IFNAME = "wgwrapdoctor0"
 PROBE_TIMEOUT = 20
@@ -74,28 +80,30 @@ def _tun_device() -> Check:
 
 # ---- the probe: what wg-wrap does, in new namespaces --------------------
 
+PROBE_ADDRESS = "192.0.2.1"  # a documentation address (RFC 5737), inside only
+
+
 def inside(argv: Sequence[str]) -> int:
-    """The probe's program, run by ``wg-wrap-launcher create`` (see _probe):
-    check that the mounts took effect, then create a TUN device and give it
-    an address.  Prints what it did; on failure one line ``mount: …`` or
-    ``network: …`` on stderr."""
-    hidden, expected = argv
+    """The joined program of the probe (see _run_probe): check that the
+    namespace shows the probe's resolv.conf and hides its hidden directory,
+    and that the TUN device has the address it was given.  Prints what was
+    done; on failure one line ``mount: …`` or ``network: …`` on stderr."""
+    hidden, expected, ifname = argv
     try:
         with open(dns.ETC_RESOLV) as f:
             seen = f.read()
     except OSError as e:
         return _probe_failed("mount", f"reading {dns.ETC_RESOLV}: {e.strerror}")
     if seen != expected:
-        return _probe_failed("mount", f"{dns.ETC_RESOLV} is not the file mounted over it")
+        return _probe_failed("mount", f"{dns.ETC_RESOLV} is not the probe's")
     if os.stat(hidden).st_dev == os.stat(os.path.dirname(hidden)).st_dev:
-        return _probe_failed("mount", f"no tmpfs on {hidden}")
+        return _probe_failed("mount", f"{hidden} is not hidden")
     from wg_wrap import netns
-    from wg_wrap.errors import SetupError
 
-    try:
-        print(netns.self_test(PROBE_IFNAME))
-    except SetupError as e:
-        return _probe_failed("network", e.message)
+    found = netns.inspect([])["addresses"]
+    if not isinstance(found, dict) or f"{PROBE_ADDRESS}/24" not in found.get(ifname, []):
+        return _probe_failed("network", f"{ifname} does not have the address it was given")
+    print(f"created {ifname}, gave it {PROBE_ADDRESS}/24 (RTM_NEWADDR) and set it up")
     return 0
 
 
@@ -106,37 +114,73 @@ def _probe_failed(step: str, message: str) -> int:
 
 @dataclass(frozen=True)
 class ProbeRun:
-    """What the launcher running the probe returned (``status`` None: it
-    could not be run or timed out, and ``stderr`` says why)."""
+    """What the probe came to (``status`` None: it could not be run or timed
+    out, and ``stderr`` says why; 125: the sidecar did not start)."""
 
     status: int | None
     stdout: str
     stderr: str
 
 
-def _run_probe(launcher: str) -> ProbeRun:
-    """Run ``inside`` through the launcher, with wg-wrap's own mounts (a
-    resolv.conf bind-mounted as dns.mount_ops does) and a tmpfs."""
+def _run_probe() -> ProbeRun:
+    """Start a sidecar as a profile's is started (its namespaces, its view of
+    the host, its TUN device, an address given from outside), then run
+    ``inside`` joined to it."""
+    import ipaddress
+
+    from wg_wrap import launch, netns, sockets
+    from wg_wrap.errors import SetupError
+
     with tempfile.TemporaryDirectory(prefix="wg-wrap-doctor-") as tmp:
-        generated = os.path.join(tmp, "resolv.conf")
+        os.chmod(tmp, 0o700)
         content = f"# wg-wrap doctor {os.getpid()}\n"
-        with open(generated, "w") as f:
+        with open(os.path.join(tmp, runtime.RESOLV_CONF), "w") as f:
             f.write(content)
         hidden = os.path.join(tmp, "hidden")
         os.mkdir(hidden)
-        ops = [*dns.mount_ops(generated, dns.HostLayout.read()), "--tmpfs", hidden]
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        # -P: nothing from the working directory shadows the package.
-        program = [sys.executable, "-P", "-c",
-                   "import sys; sys.path.insert(0, sys.argv[1]); from wg_wrap import doctor; "
-                   "sys.exit(doctor.inside(sys.argv[2:]))",
-                   package_parent, hidden, content]
-        argv = [launcher, "--expect-version", __version__, "create", *ops, "--", *program]
+        profile = runtime.Profile("doctor", tmp)
+        options = ["--profile", "doctor", "--ifname", PROBE_IFNAME, "--view",
+                   "--resolv-conf", runtime.RESOLV_CONF, "--hide", hidden]
+        host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        host.bind(("127.0.0.1", 0))
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
-                                  stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return ProbeRun(None, "", str(e))
+            sidecar = launch.start_sidecar(profile, host, options, token=sockets.new_token(),
+                                           verbose=False)
+        except SetupError as e:
+            reason = e.message.removeprefix("starting the sidecar: ")
+            if "TUN" in reason:
+                return ProbeRun(_PROBE_FAILED, "", f"network: {reason}\n")
+            return ProbeRun(125, "", reason + "\n")
+        try:
+            os.close(sidecar.life_fd)
+            sidecar.life_fd = -1
+            plan = netns.NetworkPlan(
+                ifname=PROBE_IFNAME, mtu=1420,
+                addresses=(ipaddress.ip_interface(f"{PROBE_ADDRESS}/24"),), routes=(), table=None)
+            try:
+                netns.configure(sidecar.pidfd, plan, False)
+            except SetupError as e:
+                return ProbeRun(_PROBE_FAILED, "", f"network: {e.message}\n")
+            return _run_inside(sidecar, [hidden, content, PROBE_IFNAME])
+        finally:
+            sidecar.stop()
+            sidecar.close()
+
+
+def _run_inside(sidecar: Sidecar, argv: Sequence[str]) -> ProbeRun:
+    from wg_wrap import launch
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # -P: nothing from the working directory shadows the package.
+    program = [sys.executable, "-P", "-c",
+               "import sys; sys.path.insert(0, sys.argv[1]); from wg_wrap import doctor; "
+               "sys.exit(doctor.inside(sys.argv[2:]))", package_parent, *argv]
+    try:
+        done = subprocess.run(launch.join_argv(sidecar, program), capture_output=True,
+                              text=True, timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL,
+                              pass_fds=(sidecar.pidfd,), cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return ProbeRun(None, "", str(e))
     return ProbeRun(done.returncode, done.stdout, done.stderr)
 
 
@@ -148,8 +192,8 @@ def probe_checks(run: ProbeRun, blocked: bool, launcher: str) -> Probe:
     if run.status == 0:
         return Probe(
             Check(namespaces, True, "user, mount and network namespaces, with wg-wrap's "
-                  "resolv.conf mount and a tmpfs in them"),
-            Check(tun, True, f"{run.stdout.strip()}, with CAP_NET_ADMIN only"),
+                  "view of the host in them"),
+            Check(tun, True, f"{run.stdout.strip()}, with the sidecar's capabilities only"),
         )
     lines = run.stderr.strip().splitlines()
     reason = lines[-1] if lines else f"exit status {run.status}"
@@ -287,7 +331,7 @@ def collect() -> list[Check]:
     launcher = paths.launcher()
     return [
         helpers,
-        *namespace_checks(apparmor.detect(launcher), _run_probe(launcher),
+        *namespace_checks(apparmor.detect(launcher), _run_probe(),
                           hints.wg_wrap_command()),
         _tun_device(),
         _runtime_dir(),

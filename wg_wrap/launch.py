@@ -12,7 +12,7 @@ import select
 import time
 
 from wg_wrap import __version__, paths
-from wg_wrap.errors import SetupError
+from wg_wrap.errors import ProfileError, SetupError
 from wg_wrap.runtime import Profile, process_start_time
 
 TYPE_CHECKING = False  # not `from typing import`: typing is slow to import
@@ -27,20 +27,46 @@ else:
     # and constants (as plain ints), 3 ms less to import on the join path.
     import _signal as signal
 
+
 READY_TIMEOUT = 10.0
+NAMESPACES = ("user", "net", "mnt")
+
+
+def namespace_links(pid: int) -> tuple[str, str, str] | None:
+    """/proc/PID/ns/{user,net,mnt} ("user:[4026531837]", …); None if gone."""
+    try:
+        user, net, mnt = (os.readlink(f"/proc/{pid}/ns/{kind}") for kind in NAMESPACES)
+    except OSError:
+        return None
+    return user, net, mnt
+
+
+def namespace_options(namespaces: Sequence[str]) -> list[str]:
+    """The launcher's --userns/--netns/--mntns INO for join and enter."""
+    argv = []
+    for kind, link in zip(NAMESPACES, namespaces, strict=True):
+        ino = link.removeprefix(f"{kind}:[").removesuffix("]")
+        if not ino.isdigit() or link != f"{kind}:[{ino}]":
+            raise SetupError(f"a {kind} namespace recorded as {link!r}: the state is not "
+                             "wg-wrap's", hint="`wg-wrap down --force NAME` removes it")
+        argv += [f"--{kind}ns", ino]
+    return argv
 
 
 class Sidecar:
-    """A running sidecar, held through a pidfd (immune to pid reuse)."""
+    """A running sidecar, held through a pidfd (immune to pid reuse), with
+    the namespaces it is in."""
 
     def __init__(
         self, pid: int, start_time: int, pidfd: int,
         process: subprocess.Popen[bytes] | None = None,  # set when we are its parent
+        namespaces: tuple[str, str, str] = ("", "", ""),
     ) -> None:
         self.pid = pid
         self.start_time = start_time
         self.pidfd = pidfd
         self.process = process
+        self.namespaces = namespaces
         # The read end of its life pipe, for its aftercare process: set by
         # start_sidecar until start_aftercare hands it over.
         self.life_fd = -1
@@ -76,11 +102,14 @@ class Sidecar:
             self.kill()
 
 
-def open_sidecar(pid: int, start_time: int) -> Sidecar | None:
+def open_sidecar(
+    pid: int, start_time: int, namespaces: Sequence[str] | None = None
+) -> Sidecar | None:
     """A pidfd for a recorded sidecar, or None if that process is gone.
 
     The start time is checked *after* opening the pidfd: if it still matches,
     the pidfd refers to our sidecar and not to a process that reused its pid.
+    ``namespaces``, when given (the recorded ones), must be the sidecar's.
     """
     try:
         pidfd = os.pidfd_open(pid)
@@ -88,55 +117,71 @@ def open_sidecar(pid: int, start_time: int) -> Sidecar | None:
         return None
     sidecar = Sidecar(pid, start_time, pidfd)
     # A zombie (exited, not yet reaped) keeps its pid and start time.
-    if process_start_time(pid) != start_time or sidecar.exited():
+    links = namespace_links(pid)
+    if process_start_time(pid) != start_time or sidecar.exited() or links is None:
         sidecar.close()
         return None
+    if namespaces is not None and tuple(namespaces) != links:
+        sidecar.close()
+        raise ProfileError(
+            f"the sidecar (pid {pid}) is not in the namespaces its profile's state records: "
+            "refusing to use it", hint="`wg-wrap down --force NAME` stops it")
+    sidecar.namespaces = links
     return sidecar
+
+
+class Entry:
+    """A way into the namespaces of a sidecar that died: the pidfd of a
+    program left in them, and the namespaces they must be (recorded at the
+    start; the launcher checks them after entering)."""
+
+    def __init__(self, pidfd: int, namespaces: Sequence[str]) -> None:
+        self.pidfd = pidfd
+        self.namespaces = tuple(namespaces)
 
 
 def start_sidecar(
     profile: Profile,
     host_socket: socket.socket,
-    mount_ops: Sequence[str],
+    options: Sequence[str],
     *,
-    ifname: str,
-    mtu: int,
-    ephemeral: bool,
+    token: str,
     verbose: bool,
     dns_socket: socket.socket | None = None,
     detach: bool = False,
-    enter: int = -1,
+    enter: Entry | None = None,
 ) -> Sidecar:
     """Create the namespaces and the sidecar in them; return once it is ready.
 
-    The host socket is handed over and closed here: its O_NONBLOCK flag lives
-    on the shared file description, which from now on is the sidecar's.  So is
+    ``options``: the sidecar's own (device, lifetime, view). The host socket
+    is handed over and closed here: its O_NONBLOCK flag lives on the shared
+    file description, which from now on is the sidecar's.  So is
     ``dns_socket``, given when the profile's plan for re-resolving endpoint
-    names is in its directory.  ``detach``: this process is about to become
-    the user's program (``run``), so the sidecar must not be its child.
-    ``enter``: the pidfd of a program left in the namespaces of a sidecar that
-    died; the new one starts in those namespaces (wg-wrap-launcher enter),
-    whose mounts are still in place, instead of new ones.
+    names is in its directory.  The UAPI and control sockets are bound here,
+    on the host, at the addresses ``token`` names (wg_wrap.sockets), and
+    handed over too; so is the profile's directory, the sidecar's working
+    directory (the namespace does not show it).  ``detach``: this process is
+    about to become the user's program (``run``), so the sidecar must not be
+    its child.  ``enter``: the namespaces of programs left by a sidecar that
+    died; the new one starts in them (wg-wrap-launcher enter), where the
+    view of the host it made is still in place, instead of new ones.
     """
-    sidecar_argv = [
-        paths.sidecar(), "--uapi", profile.uapi_path, "--control", profile.control_path,
-        "--ifname", ifname, "--mtu", str(mtu),
-    ]
-    if ephemeral:
-        # It removes the runtime directory itself when it ends: no process of
-        # ours stays beside the programs to do it.
-        sidecar_argv += ["--hold", profile.hold_path, "--state-dir", profile.dir]
-    passed = [host_socket]
-    if dns_socket is not None:
-        sidecar_argv += ["--reresolve", profile.reresolve_path,
-                         "--reresolve-status", profile.endpoints_path]
-        passed.append(dns_socket)
-    if verbose:
-        sidecar_argv.append("-v")
-    # A new sidecar enters the namespaces of the programs left inside, with
-    # their mounts; otherwise it gets new ones.
-    how = ["enter", "--pidfd", str(enter), "--cwd", "/"] if enter >= 0 else ["create", *mount_ops]
+    from wg_wrap import sockets
+
+    sidecar_argv = [*options, *(["-v"] if verbose else [])]
+    if enter is not None:
+        how = ["enter", "--pidfd", str(enter.pidfd), *namespace_options(enter.namespaces)]
+    else:
+        how = ["create"]
     argv = [paths.launcher(), "--expect-version", __version__, *how, "--", *sidecar_argv]
+    passed = [host_socket, *([dns_socket] if dns_socket is not None else [])]
+    try:
+        passed += sockets.listen_pair(token)
+        state_fd = os.open(profile.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        for sock in passed:
+            sock.close()
+        raise SetupError(f"the sidecar's sockets: {e.strerror or e}") from e
     ready_r, ready_w = os.pipe()
     life_r, life_w = os.pipe()
     env = dict(os.environ)
@@ -144,11 +189,15 @@ def start_sidecar(
     env["WG_WRAP_HOST_SOCKET_FD"] = str(host_socket.fileno())
     env["WG_WRAP_READY_FD"] = str(ready_w)
     env["WG_WRAP_LIFE_FD"] = str(life_w)
+    env["WG_WRAP_UAPI_FD"] = str(passed[-2].fileno())
+    env["WG_WRAP_CONTROL_FD"] = str(passed[-1].fileno())
+    env["WG_WRAP_STATE_DIR_FD"] = str(state_fd)
     if dns_socket is not None:
         env["WG_WRAP_HOST_DNS_FD"] = str(dns_socket.fileno())
     log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        fds = (*(s.fileno() for s in passed), ready_w, life_w, *([enter] if enter >= 0 else []))
+        fds = (*(s.fileno() for s in passed), state_fd, ready_w, life_w,
+               *([enter.pidfd] if enter is not None else []))
         sidecar = (_detached_sidecar if detach else _spawn_child)(argv, env, fds, log_fd)
     except OSError as e:
         os.close(ready_r)
@@ -158,11 +207,16 @@ def start_sidecar(
         os.close(ready_w)
         os.close(life_w)
         os.close(log_fd)
+        os.close(state_fd)
         for sock in passed:
             sock.close()
     sidecar.life_fd = life_r
     try:
         _wait_ready(ready_r, sidecar, profile.log_path, verbose)
+        links = namespace_links(sidecar.pid)
+        if links is None:
+            raise SetupError("the sidecar ended as it started")
+        sidecar.namespaces = links
     except BaseException:
         sidecar.close()
         raise
@@ -307,7 +361,7 @@ def _failure_hint(reason: str, verbose: bool) -> str:
 
 def join_argv(sidecar: Sidecar, command: Sequence[str]) -> list[str]:
     return [paths.launcher(), "--expect-version", __version__, "join", "--pidfd",
-            str(sidecar.pidfd), "--", *command]
+            str(sidecar.pidfd), *namespace_options(sidecar.namespaces), "--", *command]
 
 
 def exec_joined(sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1) -> NoReturn:

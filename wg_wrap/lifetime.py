@@ -69,12 +69,13 @@ def attach_running(profile: Profile, state: State | None = None) -> Attached | N
         found = profile.read_join_state()
         if found is None:
             return None
-        pid, start, mode = found
+        pid, start, mode, namespaces = found
     elif not state.ready:
         return None  # a start that never finished is not joined
     else:
         pid, start, mode = state.sidecar_pid, state.sidecar_start, state.mode
-    sidecar = launch.open_sidecar(pid, start)
+        namespaces = (state.userns, state.netns, state.mntns)
+    sidecar = launch.open_sidecar(pid, start, namespaces)
     if sidecar is None:
         return None
     try:
@@ -183,3 +184,10 @@ def stranded(state: State) -> list[int]:
     if not state.netns:
         return []
     return processes_in(state.netns, userns=state.userns)
+
+
+def left_inside(state: State) -> list[int]:
+    """Every process left in the network namespace of a profile whose sidecar
+    is gone, also those a program moved into a user namespace of its own
+    (a heal looks at each, and enters through none of those)."""
+    return processes_in(state.netns) if state.netns else []

@@ -22,12 +22,6 @@ from wg_wrap.errors import SetupError
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 IFA_F_NODAD = 0x02
-TUNSETIFF = 0x400454CA
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
-# What self_test() puts on its device: a documentation address (RFC 5737) in
-# a namespace of its own, where it reaches nothing.
-SELF_TEST_ADDRESS = "192.0.2.1"
 
 
 @dataclass(frozen=True)
@@ -145,44 +139,6 @@ def _apply(plan: NetworkPlan, verbose: bool) -> None:
             except NetlinkError as e:
                 if e.code != errno.EEXIST:  # already covered by an address's own route
                     raise SetupError(f"adding route {net}: {os.strerror(e.code)}") from e
-
-
-def self_test(ifname: str) -> str:
-    """What ``wg-wrap doctor`` runs in fresh namespaces, with only the ambient
-    CAP_NET_ADMIN the launcher gives the sidecar: create a TUN device (the
-    sidecar's first step), then give it an address (RTM_NEWADDR) and bring it
-    up, as configure() does.  Returns what it did; SetupError names the step
-    that failed."""
-    import fcntl
-    import struct
-
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as e:
-        raise SetupError(f"creating TUN device {ifname}: opening /dev/net/tun: {e.strerror}") from e
-    try:
-        try:
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), IFF_TUN | IFF_NO_PI))
-        except OSError as e:
-            raise SetupError(f"creating TUN device {ifname}: {e.strerror}") from e
-        with IPRoute() as ipr:
-            (dev,) = ipr.link_lookup(ifname=ifname)
-            step = f"adding address {SELF_TEST_ADDRESS}/24 to {ifname}"
-            try:
-                ipr.addr("add", index=dev, address=SELF_TEST_ADDRESS, prefixlen=24)
-                step = f"setting {ifname} up"
-                ipr.link("set", index=dev, state="up")
-            except NetlinkError as e:
-                raise SetupError(f"{step}: {os.strerror(e.code)}") from e
-            found = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=dev)]
-        if SELF_TEST_ADDRESS not in found:
-            raise SetupError(f"{ifname} does not have the address {SELF_TEST_ADDRESS} it was given")
-    finally:
-        os.close(fd)
-    return f"created {ifname}, gave it {SELF_TEST_ADDRESS}/24 (RTM_NEWADDR) and set it up"
 
 
 # ---- reading the namespace, for `wg-wrap check` (wg_wrap/probe.py) ----

@@ -147,7 +147,7 @@ def hand_over(
     The credentials travel only over the private control socket, like the
     private key over UAPI; state.toml records only that there are some.
     """
-    client = ControlClient(profile.control_path)
+    client = ControlClient(state.control_address)
     try:
         _publish_all(client, opened.publish, state.published, verbose)
         if opened.socks:
@@ -232,7 +232,7 @@ def publish(name: str, specs: list[PortSpec], verbose: bool = False) -> list[str
         opened = open_host_sockets(ReachRequest(publish=tuple(specs)))
         done = len(state.published)
         try:
-            _publish_all(ControlClient(profile.control_path), opened.publish, state.published,
+            _publish_all(ControlClient(state.control_address), opened.publish, state.published,
                          verbose)
         finally:
             opened.close()
@@ -247,7 +247,7 @@ def unpublish(name: str, targets: list[tuple[int, str]], verbose: bool = False) 
     done = []
     with runtime.locked(base):
         state = _live_state(profile)
-        client = ControlClient(profile.control_path)
+        client = ControlClient(state.control_address)
         try:
             for port, proto in targets:
                 trace(verbose, f"unpublish {port}/{proto}")

@@ -29,13 +29,12 @@ def _valid_name(name: str) -> bool:
     return 0 < len(name) <= 64 and name[0] in _NAME_FIRST and set(name) <= _NAME_REST
 
 STATE_FILE = "state.toml"
-UAPI_SOCKET = "uapi.sock"
 RESOLV_CONF = "resolv.conf"
 SIDECAR_LOG = "sidecar.log"
 HOLD_FILE = "hold"
 RERESOLVE_PLAN = "reresolve.json"  # written by wg-wrap: the names to re-resolve
 ENDPOINTS_FILE = "endpoints.json"  # written by the sidecar: what they resolve to
-CONTROL_SOCKET = "control.sock"
+VIEW_FILE = "view.json"  # written by the sidecar: the namespace's view of the host
 
 
 def check_profile_name(name: str) -> str:
@@ -62,7 +61,7 @@ def _check_private_dir(path: str) -> None:
         )
 
 
-def _make_private_dir(path: str) -> str:
+def make_private_dir(path: str) -> str:
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -73,19 +72,24 @@ def _make_private_dir(path: str) -> str:
     return path
 
 
+def fallback_base_dir() -> str:
+    """The runtime directory without ``XDG_RUNTIME_DIR``."""
+    return f"/tmp/wg-wrap-{os.geteuid()}"
+
+
 def base_dir(create: bool = True) -> str:
     """The per-user runtime directory, created private when missing."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
         path = os.path.join(xdg, "wg-wrap")
     else:
-        path = f"/tmp/wg-wrap-{os.geteuid()}"
+        path = fallback_base_dir()
     if not create:
         if not os.path.lexists(path):
             return path
         _check_private_dir(path)
         return path
-    return _make_private_dir(path)
+    return make_private_dir(path)
 
 
 class locked:
@@ -119,7 +123,7 @@ class State:
         "name", "mode", "sidecar_pid", "sidecar_start", "config_path", "config_digest",
         "ifname", "created_at", "addresses", "dns", "mtu", "endpoints", "public_key",
         "listen_port", "ready", "published", "socks", "socks_udp", "http_proxy", "proxy_auth",
-        "netns", "userns",
+        "netns", "userns", "mntns", "sockets",
     )
 
     def __init__(
@@ -146,10 +150,16 @@ class State:
         socks_udp: str = "",
         http_proxy: str = "",
         proxy_auth: bool = False,
-        # The namespaces' identities ("net:[4026532291]"): how the programs
-        # left inside are found if the sidecar dies (wg_wrap.session.heal).
+        # The namespaces' identities ("net:[4026532291]"): what a join or a
+        # heal must enter (the launcher checks it is there), and how the
+        # programs left inside are found if the sidecar dies
+        # (wg_wrap.session.heal).
         netns: str = "",
         userns: str = "",
+        mntns: str = "",
+        # The token of the sidecar's UAPI and control sockets' addresses
+        # (wg_wrap.sockets).
+        sockets: str = "",
     ) -> None:
         self.name = name
         self.mode = mode
@@ -173,6 +183,8 @@ class State:
         self.proxy_auth = proxy_auth
         self.netns = netns
         self.userns = userns
+        self.mntns = mntns
+        self.sockets = sockets
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.FIELDS}
@@ -186,6 +198,18 @@ class State:
 
     def __repr__(self) -> str:
         return f"State({self.to_dict()!r})"
+
+    @property
+    def uapi_address(self) -> str:
+        from wg_wrap import sockets
+
+        return sockets.address(self.sockets, sockets.UAPI)
+
+    @property
+    def control_address(self) -> str:
+        from wg_wrap import sockets
+
+        return sockets.address(self.sockets, sockets.CONTROL)
 
 
 class Profile:
@@ -202,10 +226,6 @@ class Profile:
     @property
     def state_path(self) -> str:
         return os.path.join(self.dir, STATE_FILE)
-
-    @property
-    def uapi_path(self) -> str:
-        return os.path.join(self.dir, UAPI_SOCKET)
 
     @property
     def resolv_path(self) -> str:
@@ -228,8 +248,8 @@ class Profile:
         return os.path.join(self.dir, ENDPOINTS_FILE)
 
     @property
-    def control_path(self) -> str:
-        return os.path.join(self.dir, CONTROL_SOCKET)
+    def view_path(self) -> str:
+        return os.path.join(self.dir, VIEW_FILE)
 
     def create_dir(self) -> None:
         try:
@@ -239,10 +259,9 @@ class Profile:
         _check_private_dir(self.dir)
 
     def remove_sidecar_files(self) -> None:
-        """What a dead sidecar left that its successor must make anew: its
-        sockets and the endpoint files of its re-resolution."""
-        for name in (UAPI_SOCKET, CONTROL_SOCKET, RERESOLVE_PLAN, ENDPOINTS_FILE,
-                     STATE_FILE + ".tmp"):
+        """What a dead sidecar left that its successor must make anew: the
+        files of its re-resolution and of its view."""
+        for name in (RERESOLVE_PLAN, ENDPOINTS_FILE, VIEW_FILE, STATE_FILE + ".tmp"):
             try:
                 os.unlink(os.path.join(self.dir, name))
             except FileNotFoundError:
@@ -264,35 +283,41 @@ class Profile:
         except (tomllib.TOMLDecodeError, TypeError, OSError):
             return None  # half-written or foreign: treated as stale
 
-    def read_join_state(self) -> tuple[int, int, str] | None:
-        """Sidecar pid, start time and mode: all that joining needs (None
-        when there is no state, or the profile never finished starting).
+    def read_join_state(self) -> tuple[int, int, str, tuple[str, str, str]] | None:
+        """Sidecar pid, start time, mode and namespaces (user, net, mnt): all
+        that joining needs (None when there is no state, or the profile never
+        finished starting).
 
         Read without tomllib, which costs the join path ~7 ms to import (it
         pulls in typing, datetime and re): state.toml is written by
         write_state with tomli-w, whose output for these scalars is plain
         ``key = value`` lines.  Anything unexpected falls back to tomllib.
         """
+        wanted = ("sidecar_pid", "sidecar_start", "mode", "ready", "userns", "netns", "mntns")
         found: dict[str, str] = {}
         try:
             with open(self.state_path) as f:
                 for line in f:
                     key, sep, value = line.partition(" = ")
-                    if sep and key in ("sidecar_pid", "sidecar_start", "mode", "ready"):
+                    if sep and key in wanted:
                         found[key] = value.strip()
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError):
             pass
-        pid, start, mode = (found.get(k, "") for k in ("sidecar_pid", "sidecar_start", "mode"))
-        ready = found.get("ready")
+        pid, start, mode, ready = (found.get(k, "") for k in wanted[:4])
+        spaces = tuple(found.get(k, "").strip('"') for k in wanted[4:])
         if (pid.isdigit() and start.isdigit() and mode in ('"ephemeral"', '"persistent"')
-                and ready in ("true", "false")):
-            return (int(pid), int(start), mode.strip('"')) if ready == "true" else None
+                and ready in ("true", "false")
+                and all(s.startswith(("user:[", "net:[", "mnt:[")) for s in spaces)):
+            if ready != "true":
+                return None
+            return int(pid), int(start), mode.strip('"'), (spaces[0], spaces[1], spaces[2])
         state = self.read_state()
         if state is None or not state.ready:
             return None
-        return state.sidecar_pid, state.sidecar_start, state.mode
+        return (state.sidecar_pid, state.sidecar_start, state.mode,
+                (state.userns, state.netns, state.mntns))
 
     def write_state(self, state: State) -> None:
         import tomli_w

@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import NoReturn
 
 from wg_wrap import config as wgconfig
-from wg_wrap import dns, hostnet, keys, launch, netns, notify, publish, runtime, uapi, version
-from wg_wrap.errors import ProfileError, SetupError, UsageError
+from wg_wrap import dns, hostnet, keys, launch, notify, publish, runtime, sockets, uapi, version
+from wg_wrap import netns as netns_mod
+from wg_wrap.errors import ProfileError, SetupError, UsageError, WgWrapError
 from wg_wrap.join import not_running
 from wg_wrap.lifetime import (
     EPHEMERAL_END_WAIT,
     Attached,
     attach_running,
-    namespace_link,
+    left_inside,
     namespace_members,
     reap_stale,
     stop_started,
@@ -40,6 +41,7 @@ from wg_wrap.reach import ReachRequest
 from wg_wrap.runtime import Profile, State
 
 DEFAULT_MTU = 1420
+NS_GET_PARENT = 0xB702  # <linux/nsfs.h>: _IO(0xb7, 0x2)
 PROGRESS_INTERVAL = 5.0  # seconds between STATUS= reports while waiting
 MAIN_TABLE = 254
 IFNAME = "tun0"
@@ -59,11 +61,14 @@ def config_dir() -> str:
 
 
 def _stranded_config(name: str) -> str | None:
+    """The config a profile whose sidecar died with programs inside was
+    started with, as its state records it: shown to the user, never used
+    unasked (the state is not where a config path may come from)."""
     base = runtime.base_dir(create=False)
     if not os.path.isdir(base):
         return None
     state = Profile.at(base, name).read_state()
-    if state is None or not os.path.isfile(state.config_path) or not stranded(state):
+    if state is None or not stranded(state):
         return None
     return state.config_path
 
@@ -73,6 +78,13 @@ def named_config(name: str) -> str:
     runtime.check_profile_name(name)
     path = os.path.join(config_dir(), f"{name}.conf")
     if not os.path.exists(path):
+        recorded = _stranded_config(name)
+        if recorded:
+            raise ProfileError(
+                f"profile {name!r} died with programs inside; {path} does not exist",
+                hint=f"bring it back in place with the config it was started with: "
+                f"`wg-wrap up -n {name} -c {recorded}`",
+            )
         raise ProfileError(
             f"no config for profile {name!r}: {path} does not exist",
             hint=f"put the wg-quick config there (`install -m 600 -D wg0.conf {path}`), "
@@ -115,12 +127,10 @@ class Request:
 
     @property
     def path(self) -> str:
-        """The config file: as given; for a profile whose sidecar died with
-        programs inside, the one it was started with (to bring it back);
-        else found by the profile's name."""
+        """The config file: as given, else found by the profile's name."""
         if self.config_path is not None:
             return self.config_path
-        return _stranded_config(self.profile_name) or named_config(self.profile_name)
+        return named_config(self.profile_name)
 
 
 def load(request: Request) -> tuple[Request, wgconfig.Config]:
@@ -209,7 +219,41 @@ class Healing:
     open connections included), in its runtime directory as it was."""
 
     state: State  # the dead sidecar's
-    member_pidfd: int  # a program left inside: the way into the namespaces
+    entry: launch.Entry  # a program left inside, and the namespaces it must be in
+
+
+def hidden_dirs(profile: Profile) -> list[str]:
+    """What the profile's programs see empty: every runtime directory of
+    wg-wrap (this one; the one without XDG_RUNTIME_DIR, made now so that it
+    can be hidden) and the configs by name, which hold private keys."""
+    dirs = [os.path.dirname(profile.dir)]
+    fallback = runtime.fallback_base_dir()
+    if fallback not in dirs:
+        with contextlib.suppress(WgWrapError):
+            dirs.append(runtime.make_private_dir(fallback))
+    configs = config_dir()
+    if os.path.isdir(configs) and configs not in dirs:
+        dirs.append(configs)
+    return dirs
+
+
+def sidecar_options(
+    profile: Profile, mtu: int, mode: str, dns: bool, reresolve: bool
+) -> list[str]:
+    """The sidecar's command line (wg-wrap-sidecar's own options)."""
+    options = ["--profile", profile.name, "--ifname", IFNAME, "--mtu", str(mtu), "--view"]
+    if dns:
+        options += ["--resolv-conf", runtime.RESOLV_CONF]
+    for directory in hidden_dirs(profile):
+        options += ["--hide", directory]
+    if mode == "ephemeral":
+        # It removes the runtime directory itself when it ends: no process of
+        # ours stays beside the programs to do it.
+        options += ["--hold", runtime.HOLD_FILE, "--remove-state"]
+    if reresolve:
+        options += ["--reresolve", runtime.RERESOLVE_PLAN,
+                    "--reresolve-status", runtime.ENDPOINTS_FILE]
+    return options
 
 
 def start_profile(
@@ -227,8 +271,8 @@ def start_profile(
             profile.create_dir()
             undo.callback(profile.remove_dir)
         else:
-            # What only a live sidecar may have; the mounts, hold and
-            # resolv.conf stay: the programs inside use them.
+            # What only a live sidecar may have; hold and resolv.conf stay:
+            # the programs inside use them.
             profile.remove_sidecar_files()
             undo.callback(profile.write_state, healing.state)
 
@@ -245,52 +289,53 @@ def start_profile(
         reach_sockets = publish.open_host_sockets(request.reach)
         undo.callback(reach_sockets.close)
 
+        dns_servers = request.dns or cfg.interface.dns_servers
+        resolv_text = resolv_conf_text(cfg, request)  # warns about the host's, without DNS
         if healing is None:
-            _write_new(profile.resolv_path, resolv_conf_text(cfg, request), 0o644)
+            if dns_servers:
+                _write_new(profile.resolv_path, resolv_text, 0o600)
             _write_new(profile.hold_path, "", 0o600)
         hold_fd = take_hold(profile)
         undo.callback(os.close, hold_fd)
-        mount_ops = dns.mount_ops(profile.resolv_path, dns.HostLayout.read())
         mtu = cfg.interface.mtu or DEFAULT_MTU
+        options = sidecar_options(profile, mtu, mode, bool(dns_servers), dns_socket is not None)
 
-        if healing is None:
-            trace(verbose, f"wg-wrap-launcher create {' '.join(mount_ops)} -- wg-wrap-sidecar")
-        else:
-            trace(verbose, "wg-wrap-launcher enter (the namespaces of the programs left "
-                  "inside) -- wg-wrap-sidecar")
+        how = "create" if healing is None else \
+            "enter (the namespaces of the programs left inside)"
+        trace(verbose, f"wg-wrap-launcher {how} -- wg-wrap-sidecar {' '.join(options)}")
+        token = sockets.new_token()
         sidecar = launch.start_sidecar(
-            profile, host_socket, mount_ops,
-            ifname=IFNAME, mtu=mtu, ephemeral=(mode == "ephemeral"), verbose=verbose,
+            profile, host_socket, options, token=token, verbose=verbose,
             dns_socket=dns_socket, detach=(mode == "ephemeral"),
-            enter=healing.member_pidfd if healing else -1,
+            enter=healing.entry if healing else None,
         )
         undo.callback(sidecar.close)
         undo.callback(sidecar.stop)
 
         # Recorded now, so that if this process is killed before the end, the
         # next command finds the sidecar and stops it (ready = false).
+        userns, netns, mntns = sidecar.namespaces
         state = State(
             name=profile.name, mode=mode, sidecar_pid=sidecar.pid,
             sidecar_start=sidecar.start_time, config_path=os.path.abspath(path),
             config_digest=wgconfig.config_digest(cfg), ifname=IFNAME,
             created_at=time.time(), addresses=[str(a) for a in cfg.interface.addresses],
-            dns=[str(s) for s in (request.dns or cfg.interface.dns_servers)], mtu=mtu,
+            dns=[str(s) for s in dns_servers], mtu=mtu,
             endpoints=hostnet.endpoint_strings(resolved),
             public_key=keys.encode(keys.public_key(cfg.interface.private_key)),
             listen_port=listen_port, ready=False,
-            netns=namespace_link(sidecar.pid) or "",
-            userns=namespace_link(sidecar.pid, "user") or "",
+            netns=netns, userns=userns, mntns=mntns, sockets=token,
         )
         profile.write_state(state)
 
-        plan = netns.NetworkPlan(
+        plan = netns_mod.NetworkPlan(
             ifname=IFNAME, mtu=mtu, addresses=cfg.interface.addresses,
-            routes=netns.plan_routes([n for p in cfg.peers for n in p.allowed_ips]),
+            routes=netns_mod.plan_routes([n for p in cfg.peers for n in p.allowed_ips]),
             table=table,
         )
-        netns.configure(sidecar.pidfd, plan, verbose)
+        netns_mod.configure(sidecar.pidfd, plan, verbose)
         trace(verbose, "wg set (UAPI): private key, peers, endpoints, allowed ips")
-        uapi.UAPIClient(profile.uapi_path).set(uapi.encode_set(cfg, resolved))
+        uapi.UAPIClient(state.uapi_address).set(uapi.encode_set(cfg, resolved))
         if request.reach:
             publish.hand_over(profile, reach_sockets, request.reach, state, verbose)
             for line in publish.announce(state):
@@ -322,24 +367,59 @@ def _reach_again(state: State) -> ReachRequest | None:
     return reach.ReachRequest(publish=ports, socks=socks, http_proxy=http_proxy)
 
 
+def _is_child_userns(pid: int) -> bool:
+    """Whether pid's user namespace is a child of ours (not one nested
+    deeper: a program may make its own, and hold every capability there)."""
+    import fcntl
+
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        parent = fcntl.ioctl(fd, NS_GET_PARENT)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    try:
+        return os.fstat(parent).st_ino == os.stat("/proc/self/ns/user").st_ino
+    finally:
+        os.close(parent)
+
+
 def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
          members: list[int]) -> Attached | None:
     """Start a new sidecar in the namespaces of a dead one, entered through one
-    of the programs left inside (None: all of them are gone by now)."""
+    of the programs left inside (None: all of them are gone by now).
+
+    Only through a program in exactly the namespaces recorded at the start,
+    whose user namespace is a child of ours: a program may have made
+    namespaces of its own (it holds every capability in them), and a sidecar
+    started there, with the host's sockets, would be its to take. The
+    launcher checks again once it is in."""
+    recorded = (state.userns, state.netns, state.mntns)
+    if not all(recorded):
+        warn(f"profile {profile.name}: its state does not record its namespaces "
+             "(started by an older wg-wrap): it cannot be brought back in place")
+        return None
     for pid in members:
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
             continue  # gone since the scan
         try:
-            if namespace_link(pid) != state.netns:
-                continue  # gone, and its pid reused
+            if launch.namespace_links(pid) != recorded or not _is_child_userns(pid):
+                warn(f"profile {profile.name}: not entering through process {pid}: it is in "
+                     "namespaces of its own, not the profile's")
+                continue
             print(f"wg-wrap: profile {profile.name}: its sidecar died with {len(members)} "
                   f"program{'s' if len(members) != 1 else ''} inside; starting a new one in "
                   "their namespaces", file=sys.stderr, flush=True)
             if not request.reach:  # nothing new asked: what the dead sidecar had
                 request = replace(request, reach=_reach_again(state))
-            return start_profile(request, cfg, profile, state.mode, Healing(state, pidfd))
+            return start_profile(request, cfg, profile, state.mode,
+                                 Healing(state, launch.Entry(pidfd, recorded)))
         finally:
             os.close(pidfd)
     return None
@@ -369,7 +449,7 @@ def acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
                     raise publish.already_running(profile.name)
                 trace(request.verbose, f"joining running profile {profile.name}")
                 return attached
-        members = stranded(state) if state is not None and state.ready else []
+        members = left_inside(state) if state is not None and state.ready else []
         if members and state is not None:
             if state.config_digest != digest:
                 raise ProfileError(
@@ -398,13 +478,15 @@ def wait_for_handshake(
     peers = [p for p in cfg.peers if p.endpoint is not None]
     if not peers:
         return  # a server waits for its clients, not the other way round
-    client = uapi.UAPIClient(profile.uapi_path)
+    state = profile.read_state()
+    if state is None:
+        raise SetupError(f"profile {profile.name} has no state")
+    client = uapi.UAPIClient(state.uapi_address)
     quiet = [p for p in peers if not p.persistent_keepalive]
     if quiet:
         trace(verbose, "nudging a handshake: keepalive on and off")
         client.nudge([p.public_key for p in quiet])
     targets = ", ".join(str(p.endpoint) for p in peers)
-    state = profile.read_state()
     mine = state.public_key if state and state.public_key else "see `wg-wrap status`"
     print(f"wg-wrap: waiting for the handshake with {targets} ...", file=sys.stderr, flush=True)
     start = time.monotonic()
@@ -564,7 +646,7 @@ def _heal_supervised(
     programs are left in them (None: nobody is, the profile is over)."""
     with runtime.locked(os.path.dirname(dead.profile.dir)):
         state = dead.profile.read_state()
-        members = stranded(state) if state is not None else []
+        members = left_inside(state) if state is not None else []
         if state is None or not members:
             return None
         healed = heal(request, cfg, dead.profile, state, members)

@@ -49,7 +49,7 @@ def collect(profile: Profile, by_netns: dict[str, list[int]] | None = None) -> P
         return ProfileStatus(profile, state, False, members=tuple(left))
     try:
         try:
-            device = uapi.UAPIClient(profile.uapi_path, timeout=UAPI_TIMEOUT).get()
+            device = uapi.UAPIClient(state.uapi_address, timeout=UAPI_TIMEOUT).get()
         except UAPIError:
             device = None  # shown as not responding
         members = lifetime.namespace_members(sidecar.pid, scan=by_netns)

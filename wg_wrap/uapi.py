@@ -326,15 +326,32 @@ _PEER_FIELDS = {
 # The client
 
 
-class UAPIClient:
-    """Talks to one device's UAPI unix socket; one connection per request."""
+def _connect(sock: socket.socket, address: str) -> None:
+    if address.startswith("\0"):
+        from wg_wrap import sockets
 
-    def __init__(self, socket_path: str, timeout: float = 5.0) -> None:
-        self.socket_path = socket_path
+        sockets.connect_own(sock, address)
+    else:
+        sock.connect(address)
+
+
+class UAPIClient:
+    """Talks to one device's UAPI unix socket; one connection per request.
+
+    ``address``: the sidecar's (wg_wrap.sockets: abstract, and only a socket
+    the user bound is talked to); a path works too (tests' fake devices).
+    """
+
+    def __init__(self, address: str, timeout: float = 5.0) -> None:
+        self.address = address
         self.timeout = timeout
 
     def __repr__(self) -> str:
-        return f"UAPIClient({self.socket_path!r}, timeout={self.timeout})"
+        return f"UAPIClient({self._shown!r}, timeout={self.timeout})"
+
+    @property
+    def _shown(self) -> str:
+        return "@" + self.address[1:] if self.address.startswith("\0") else self.address
 
     def set(self, request: str) -> None:
         """Send a ``set=1`` request; raise UAPIError (with ``errno``) if refused."""
@@ -361,16 +378,16 @@ class UAPIClient:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
                 sock.settimeout(self.timeout)
-                sock.connect(self.socket_path)
+                _connect(sock, self.address)
                 sock.sendall(request.encode("utf-8"))
                 return self._read_reply(sock)
         except TimeoutError:
             raise UAPIError(
-                f"no reply from the UAPI socket {self.socket_path} within {self.timeout:g}s"
+                f"no reply from the UAPI socket {self._shown} within {self.timeout:g}s"
             ) from None
         except OSError as error:
             raise UAPIError(
-                f"UAPI socket {self.socket_path}: {error.strerror or error}",
+                f"UAPI socket {self._shown}: {error.strerror or error}",
                 hint="is the profile's sidecar running? `wg-wrap status` tells",
             ) from None
 

@@ -54,14 +54,21 @@ type Aftercare struct {
 // processes in the namespace (a terminal shared by a shell and its jobs is
 // told once); it returns how many it reached.
 func (a *Aftercare) Tell() (int, error) {
-	members, err := Members(a.ProcRoot, a.Netns, a.Exclude...)
+	return Tell(a.ProcRoot, a.Netns, a.Exclude, a.Message)
+}
+
+// Tell writes message once to every distinct standard error of the
+// processes under procRoot in network namespace netns (but exclude): what
+// wg-wrap has to say to the programs of a profile.
+func Tell(procRoot, netns string, exclude []int, message string) (int, error) {
+	members, err := Members(procRoot, netns, exclude...)
 	if err != nil {
 		return 0, err
 	}
 	type key struct{ dev, ino, rdev uint64 }
 	told := map[key]bool{}
 	for _, pid := range members {
-		fd, err := a.stderrOf(pid)
+		fd, err := stderrOf(procRoot, pid)
 		if err != nil {
 			continue // gone, closed, a socket, or not ours
 		}
@@ -70,7 +77,7 @@ func (a *Aftercare) Tell() (int, error) {
 			k := key{uint64(st.Dev), st.Ino, uint64(st.Rdev)}
 			if !told[k] && writable(fd) {
 				told[k] = true
-				unix.Write(fd, []byte(a.Message))
+				unix.Write(fd, []byte(message))
 			}
 		}
 		unix.Close(fd)
@@ -91,9 +98,10 @@ func writable(fd int) bool {
 // stderrOf is a descriptor for what pid's fd 2 refers to: a copy of the
 // descriptor itself (pidfd_getfd: no permission on the file is needed, as
 // for a pipe another user made), or, where the kernel refuses that (Yama's
-// ptrace_scope), the file opened anew through /proc/PID/fd/2.
-func (a *Aftercare) stderrOf(pid int) (int, error) {
-	if a.ProcRoot == "/proc" {
+// ptrace_scope), the file opened anew through /proc/PID/fd/2 — for
+// appending, so that a program's `2>>log` is added to, not overwritten.
+func stderrOf(procRoot string, pid int) (int, error) {
+	if procRoot == "/proc" {
 		if pidfd, err := unix.PidfdOpen(pid, 0); err == nil {
 			fd, err := unix.PidfdGetfd(pidfd, 2, 0)
 			unix.Close(pidfd)
@@ -102,8 +110,8 @@ func (a *Aftercare) stderrOf(pid int) (int, error) {
 			}
 		}
 	}
-	path := filepath.Join(a.ProcRoot, strconv.Itoa(pid), "fd", "2")
-	return unix.Open(path, unix.O_WRONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	path := filepath.Join(procRoot, strconv.Itoa(pid), "fd", "2")
+	return unix.Open(path, unix.O_WRONLY|unix.O_APPEND|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 }
 
 // Bury waits until no process is left in the namespace, then removes the

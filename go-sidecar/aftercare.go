@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -52,11 +53,12 @@ func aftercare(args []string, stderr io.Writer) int {
 	pid := fs.Int("pid", 0, "the sidecar's pid")
 	profileDir := fs.String("profile-dir", "", "the profile's runtime directory")
 	lifeFD := fs.Int("life-fd", -1, "read end of the sidecar's life pipe")
+	config := fs.String("config", "", "the config the profile was started with (named in the message)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
 	if *pid <= 0 || *profileDir == "" || *lifeFD <= 2 || fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "usage: %s aftercare --pid PID --profile-dir DIR --life-fd FD\n", progName)
+		fmt.Fprintf(stderr, "usage: %s aftercare --pid PID --profile-dir DIR --life-fd FD [--config FILE]\n", progName)
 		return exitUsage
 	}
 	life := os.NewFile(uintptr(*lifeFD), "life-pipe")
@@ -72,12 +74,16 @@ func aftercare(args []string, stderr io.Writer) int {
 		return exitOK
 	}
 	name := filepath.Base(*profileDir)
+	command := "wg-wrap up -n " + name
+	if *config != "" {
+		command += " -c " + shellQuote(*config)
+	}
 	a := &hold.Aftercare{
 		ProcRoot: "/proc", Netns: netns, Exclude: []int{os.Getpid()},
 		ProfileDir: *profileDir, SidecarPID: *pid, Interval: aftercareInterval,
 		Message: fmt.Sprintf("\nwg-wrap: the tunnel of profile %s is down: its sidecar (pid %d) "+
 			"ended unexpectedly. Programs in it have no network (nothing leaves in clear) "+
-			"until `wg-wrap up -n %s` brings the tunnel back, in place.\n", name, *pid, name),
+			"until `%s` brings the tunnel back, in place.\n", name, *pid, command),
 	}
 	if _, err := a.Tell(); err != nil {
 		fmt.Fprintf(stderr, "%s aftercare: %v\n", progName, err)
@@ -91,4 +97,12 @@ func aftercare(args []string, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// shellQuote quotes s for a shell when it needs it (as Python's shlex.quote).
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
 }

@@ -17,7 +17,7 @@
 //	                [--reresolve PLAN --reresolve-status FILE] [-v]
 //	wg-wrap-sidecar --version
 //	wg-wrap-sidecar genkey | pubkey     (like wg's; keys.go)
-//	wg-wrap-sidecar aftercare --pid PID --profile-dir DIR --life-fd FD   (aftercare.go)
+//	wg-wrap-sidecar aftercare --pid PID --profile-dir DIR --life-fd FD [--config FILE]   (aftercare.go)
 package main
 
 import (
@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -233,10 +234,18 @@ func run(args []string, stderr io.Writer) (code int) {
 		}
 	}
 
+	// What the start allocated and dropped (reading the host's files, the
+	// view's directories) goes back to the kernel now: an idle sidecar is
+	// what a profile costs for days.
+	debug.FreeOSMemory()
 	if err := ready.ok(); err != nil {
 		logger.Errorf("signalling readiness: %v", err)
 	}
 	logger.Verbosef("ready: %s (MTU %d), host UDP port %d", opts.ifname, opts.mtu, bind.Port())
+	go func() {
+		time.Sleep(time.Second)
+		debug.FreeOSMemory()
+	}()
 
 	select {
 	case sig := <-term:

@@ -606,19 +606,23 @@ pid_of(int pidfd)
 {
   char path[64], line[256];
   FILE *f;
-  long pid = -1;
+  long pid = 0;
+  int found = 0;
 
   snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
   f = fopen(path, "re");
   if (f == NULL)
-    die_with_error("reading %s", path);
+    die_with_error("pidfd %d", pidfd);
   while (fgets(line, sizeof line, f) != NULL) {
-    if (strncmp(line, "Pid:", 4) == 0)
+    if (strncmp(line, "Pid:", 4) == 0) {
       pid = strtol(line + 4, NULL, 10);
+      found = 1;
+    }
   }
   fclose(f);
   if (pid <= 0) {
-    errno = pid == 0 ? ESRCH : EBADF;
+    /* -1: the process has exited; no Pid line: not a pidfd. */
+    errno = found ? ESRCH : EBADF;
     die_with_error("pidfd %d", pidfd);
   }
   return (pid_t)pid;

@@ -163,19 +163,23 @@ def environment() -> str:
 
 def files() -> str:
     state = ", ".join(
-        f"`{name}`" for name in (runtime.STATE_FILE, runtime.UAPI_SOCKET, runtime.RESOLV_CONF,
-                                 runtime.SIDECAR_LOG, runtime.HOLD_FILE)
+        f"`{name}`" for name in (runtime.STATE_FILE, runtime.RESOLV_CONF, runtime.SIDECAR_LOG,
+                                 runtime.HOLD_FILE, runtime.VIEW_FILE)
     )
     return "\n".join([
         tagged("$XDG_RUNTIME_DIR/wg-wrap/NAME/",
                "The runtime directory of profile NAME (/tmp/wg-wrap-UID/NAME/ without "
-               f"XDG_RUNTIME_DIR): {state}. Private (0700 directories, 0600 files and "
-               "socket), and refused when it is not. The running profiles are its "
-               "subdirectories."),
+               f"XDG_RUNTIME_DIR): {state}. Private (0700 directories, 0600 files), and "
+               "refused when it is not. The running profiles are its subdirectories. "
+               "Programs inside a profile see this directory (and /tmp/wg-wrap-UID) empty. "
+               "The sidecar's UAPI and control sockets are not files: they live at abstract "
+               "addresses of the host's network namespace (@wg-wrap/UID/TOKEN/uapi, "
+               "`wg-wrap status` names them), which no program inside can reach."),
         tagged("$XDG_CONFIG_HOME/wg-wrap/NAME.conf",
                "The config of profile NAME when `-c` is not given (default "
                "~/.config/wg-wrap/NAME.conf), as `wg-quick up wg0` finds "
-               "/etc/wireguard/wg0.conf; the systemd unit uses it."),
+               "/etc/wireguard/wg0.conf; the systemd unit uses it. Programs inside a profile "
+               "see this directory empty: the configs hold private keys."),
         tagged(f"/usr/libexec/wg-wrap/{paths.LAUNCHER}, {paths.SIDECAR}",
                "The helper programs: the launcher, the only program that creates or joins "
                "namespaces, and the sidecar, wireguard-go on the host's UDP socket. They sit "

@@ -22,7 +22,8 @@ from wg_wrap import check
 pytestmark = pytest.mark.e2e
 
 LINES = ["interfaces", "routes (IPv4)", "routes (IPv6)", "resolv.conf", "resolver sockets",
-         "DNS lookup", "IPv6", "identity", "handshake"]
+         "DNS lookup", "IPv6", "identity", "runtime state", "sidecar sockets",
+         "capabilities in reach", "handshake"]
 
 
 
@@ -65,7 +66,7 @@ def test_check_passes_on_a_good_profile(server: Server, tool: Tool) -> None:
     assert lines["IPv6"]["detail"].startswith(f"through the tunnel, as {server.net.client6}/64")
     text = tool("check", "chk")
     assert text.returncode == 0
-    assert text.stdout.splitlines()[-1] == "9 of 9 checks passed"
+    assert text.stdout.splitlines()[-1] == "12 of 12 checks passed"
     assert all(line.startswith("  PASS  ") for line in text.stdout.splitlines()[1:-1])
 
 
@@ -101,8 +102,9 @@ def test_each_line_fails_on_purpose(wgwrap_server: Server, tool: Tool, stage: St
     assert set(failed(lines)) == {"interfaces", "routes (IPv4)", "routes (IPv6)",
                                   "resolver sockets", "IPv6"}
 
-    # A process inside with capabilities and another identity: the probe,
-    # run by root into the profile's namespaces, is judged as a wrapped program.
+    # A process inside with another identity and without no_new_privs: the
+    # probe, run by root into the profile's namespaces, is judged as a
+    # wrapped program.
     probe = subprocess.run(
         ["nsenter", f"--target={pid}", "--user", "--preserve-credentials", "--net", "--mount", "--",
          str(stage.python), "-m", "wg_wrap.probe"],
@@ -113,7 +115,52 @@ def test_each_line_fails_on_purpose(wgwrap_server: Server, tool: Tool, stage: St
                               handshake=None, now=0.0)
     (identity,) = [line for line in check.evaluate(json.loads(probe.stdout), expected)
                    if line.name == "identity"]
-    assert not identity.ok and "capabilities" in identity.detail and "uid" in identity.detail
+    assert not identity.ok and "no_new_privs is not set" in identity.detail
+    assert "uid" in identity.detail
+
+    # The walls around wg-wrap itself. The probe as the user in the
+    # profile's user namespace only, so in the host's mount and network
+    # namespaces: it sees the runtime directory and reaches the sidecar's
+    # sockets. And as root on the host (every capability): it gets into the
+    # sidecar.
+    state = tool.status("chk")
+    base = tool.runtime / "wg-wrap"
+    st = base.stat()
+    uapi = f"@wg-wrap/{test_user.uid}/{state_token(tool)}/uapi"
+    walls = check.Expected(ifname="tun0", uid=test_user.uid, gid=test_user.gid, handshake=None,
+                           now=0.0, hidden=((str(base), st.st_dev, st.st_ino),))
+    outside = subprocess.run(
+        ["nsenter", f"--target={pid}", "--user", f"--setuid={test_user.uid}",
+         f"--setgid={test_user.gid}", "--", str(stage.python), "-m", "wg_wrap.probe",
+         "--hidden", str(base), "--socket", uapi],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )
+    assert outside.returncode == 0, outside.stderr
+    judged = {line.name: line for line in check.evaluate(json.loads(outside.stdout), walls)}
+    assert judged["runtime state"].detail.startswith(
+        f"wg-wrap's own directories are seen inside: {base} (chk)"), judged["runtime state"]
+    assert judged["sidecar sockets"].detail == f"reachable from inside: {uapi}"
+    root = subprocess.run([str(stage.python), "-m", "wg_wrap.probe", "--sidecar", str(pid)],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert root.returncode == 0, root.stderr
+    judged.update((line.name, line) for line in check.evaluate(json.loads(root.stdout), walls)
+                  if line.name == "capabilities in reach")
+    reach = judged["capabilities in reach"]
+    assert reach.detail.startswith(f"the sidecar (pid {pid}) is within reach: /proc/{pid}/fd/"), \
+        reach
+    assert not any(judged[n].ok for n in ("runtime state", "sidecar sockets",
+                                          "capabilities in reach"))
+    assert state["running"]
+
+
+def state_token(tool: Tool) -> str:
+    """The token of profile chk's socket addresses, from its state (read as root)."""
+    import tomllib
+
+    with open(tool.state_dir / "chk" / "state.toml", "rb") as f:
+        token = tomllib.load(f)["sockets"]
+    assert isinstance(token, str)
+    return token
 
 
 def test_a_nameserver_outside_the_allowed_ips_fails(wgwrap_server: Server, tool: Tool) -> None:

@@ -1,5 +1,6 @@
-"""DNS planning: the generated resolv.conf and where it is mounted, for each
-host layout (plain file; symlink into systemd-resolved's directory)."""
+"""DNS planning: the generated resolv.conf, and what wg-wrap reads of the
+host's (where the namespace shows it: go-sidecar/view, tested there and end
+to end in tests/test_dns_layouts.py and tests/test_dns_days.py)."""
 
 from __future__ import annotations
 
@@ -7,45 +8,12 @@ import ipaddress
 
 from wg_wrap import dns
 
-GEN = "/run/user/1000/wg-wrap/wg0/resolv.conf"
-
 
 def test_resolv_conf_lists_servers_and_search_domains() -> None:
     text = dns.render_resolv_conf(
         [ipaddress.ip_address("10.64.0.1"), ipaddress.ip_address("fd00::1")], ["corp.example"]
     )
     assert "nameserver 10.64.0.1\nnameserver fd00::1\nsearch corp.example\n" in text
-
-
-def test_plain_file_layout_binds_over_etc_resolv_conf() -> None:
-    layout = dns.HostLayout(resolv_target="/etc/resolv.conf", existing_dirs=())
-    assert dns.mount_ops(GEN, layout) == ["--bind", GEN, "/etc/resolv.conf"]
-
-
-def test_plain_file_layout_still_hides_resolver_daemons() -> None:
-    layout = dns.HostLayout("/etc/resolv.conf", ("/run/systemd/resolve", "/run/nscd"))
-    ops = dns.mount_ops(GEN, layout)
-    assert ops[:2] == ["--tmpfs", "/run/systemd/resolve"]
-    assert ops[ops.index("/run/nscd") - 1 : ops.index("/run/nscd") + 1] == ["--tmpfs", "/run/nscd"]
-    assert ops[-3:] == ["--bind", GEN, "/etc/resolv.conf"]
-
-
-def test_systemd_resolved_symlink_layout_puts_the_file_back_inside_the_tmpfs() -> None:
-    layout = dns.HostLayout("/run/systemd/resolve/stub-resolv.conf", ("/run/systemd/resolve",))
-    ops = dns.mount_ops(GEN, layout)
-    assert ops == [
-        "--tmpfs", "/run/systemd/resolve",
-        "--file", GEN, "/run/systemd/resolve/stub-resolv.conf",
-        "--file", GEN, "/run/systemd/resolve/resolv.conf",
-    ]
-    assert "--bind" not in ops  # the symlink now leads to the generated file
-
-
-def test_paths_with_colons_stay_whole() -> None:
-    """An XDG_RUNTIME_DIR may contain ':' (it is a path, not a list)."""
-    generated = "/run/user/1000:x/wg-wrap/wg0/resolv.conf"
-    layout = dns.HostLayout("/etc/resolv.conf", ())
-    assert dns.mount_ops(generated, layout) == ["--bind", generated, "/etc/resolv.conf"]
 
 
 def test_loopback_nameservers_are_found() -> None:

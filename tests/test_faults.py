@@ -306,12 +306,20 @@ def test_programs_left_without_a_sidecar_are_told_once_and_get_their_network_bac
         assert ready, "no notice on the program's stderr within 5 s"
         notice = os.read(client.stderr.fileno(), 4096).decode()
         assert "wg-wrap: the tunnel of profile wg0 is down" in notice
-        assert "`wg-wrap up -n wg0` brings the tunnel back" in notice
+        conf = tool.workdir / "wg0.conf"
+        assert f"`wg-wrap up -n wg0 -c {conf}` brings the tunnel back" in notice
         ls = tool("ls").stdout.splitlines()[1].split()
         assert ls[:2] == ["wg0", "persistent"] and "dead" in ls
         assert aftercares_of(tool.user, tool.runtime), "the aftercare should be waiting"
 
-        up = tool("up", "-n", "wg0")  # no -c: the config it was started with
+        # Without -c, the config it was started with is named, not used: the
+        # state records it, and nothing there chooses a config.
+        named = tool("up", "-n", "wg0")
+        assert named.returncode == 1
+        assert named.stderr.splitlines()[1] == (
+            f"wg-wrap: hint: bring it back in place with the config it was started with: "
+            f"`wg-wrap up -n wg0 -c {conf}`")
+        up = tool("up", "-n", "wg0", "-c", str(conf))
         assert up.returncode == 0, up.stderr
         assert "starting a new one in their namespaces" in up.stderr
         assert len(tool.sidecars()) == 1
@@ -401,7 +409,7 @@ def test_a_healed_profile_publishes_its_ports_again(
     assert echo() == "ping"
     (sidecar,) = tool.sidecars()
     os.kill(sidecar, signal.SIGKILL)
-    up = tool("up", "-n", "wg0")
+    up = tool("up", "-n", "wg0", "-c", str(conf))
     assert up.returncode == 0, up.stderr
     assert published_port(tool.status("wg0"), ECHO_PORT) == host_port
     assert echo() == "ping"

@@ -80,7 +80,7 @@ def test_up_exec_ls_status_down(server: WgWrapServer, tool: Tool) -> None:
     assert ls.returncode == 0, ls.stderr
     header, line = ls.stdout.splitlines()
     assert header.split() == [
-        "NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX", "REACH",
+        "NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX", "REACH", "VIEW",
     ]
     fields = line.split()
     assert fields[:2] == ["wg0", "persistent"]
@@ -254,11 +254,15 @@ def test_killed_sidecar_cuts_the_network_and_is_replaced(server: WgWrapServer, t
     assert prober.stdout is not None and prober.stdout.readline() == "ok\n"
     (sidecar,) = tool.sidecars()
     os.kill(sidecar, signal.SIGKILL)
-    out, _ = prober.communicate(timeout=60)
-    after = out.splitlines()
-    assert after and all(line.startswith("fail") for line in after[2:]), after
+    # While the prober is still inside, the profile is listed dead (after
+    # the last program leaves, its aftercare removes it).
+    while (line := prober.stdout.readline()) == "ok\n":
+        pass
     ls = tool("ls").stdout.splitlines()
-    assert ls[1].split()[:2] == ["wg0", "persistent"] and "dead" in ls[1]
+    out, _ = prober.communicate(timeout=60)
+    after = [line, *out.splitlines()]
+    assert after and all(x.startswith("fail") for x in after[2:]), after
+    assert ls[1].split()[:2] == ["wg0", "persistent"] and "dead" in ls[1], ls
     # The next start replaces it, no manual cleanup.
     again = tool("run", "-c", str(conf), "--", *_get(url))
     assert again.returncode == 0, again.stderr

@@ -120,11 +120,17 @@ def good_report() -> dict[str, Any]:
         "dns": [{"server": "10.0.0.1", "answered": True, "rcode": "NOERROR", "ms": 1.0}],
         "ipv6_probe": "2000::1",
         "identity": {"uid": 1000, "gid": 1000, "euid": 1000, "egid": 1000, "CapInh": 0,
-                     "CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0},
+                     "CapPrm": 0, "CapEff": 0, "CapBnd": (1 << 41) - 1, "CapAmb": 0,
+                     "no_new_privs": True},
+        "hidden": [{"path": "/run/user/1000/wg-wrap", "dev": 55, "ino": 1, "entries": []}],
+        "sockets": [{"address": "@wg-wrap/1000/ab/uapi", "connected": False,
+                     "error": "Connection refused"}],
+        "sidecar": {"pid": 42, "reached": [], "refused": {"/proc/42/root": "Permission denied"}},
     }
 
 
-EXPECTED = check.Expected(ifname="tun0", uid=1000, gid=1000, handshake=1000.0, now=1010.0)
+EXPECTED = check.Expected(ifname="tun0", uid=1000, gid=1000, handshake=1000.0, now=1010.0,
+                          hidden=(("/run/user/1000/wg-wrap", 44, 2),))
 
 
 def verdicts(report: dict[str, Any], exp: check.Expected = EXPECTED) -> dict[str, bool]:
@@ -149,6 +155,12 @@ def test_a_good_report_passes_every_line() -> None:
     ("IPv6", lambda r: r["lookups"].update({"2000::1": "eth0"})),
     ("identity", lambda r: r["identity"].update(CapEff=1 << 12)),
     ("identity", lambda r: r["identity"].update(uid=0, euid=0)),
+    ("identity", lambda r: r["identity"].update(no_new_privs=False)),
+    ("runtime state", lambda r: r["hidden"][0].update(dev=44, ino=2)),
+    ("sidecar sockets", lambda r: r["sockets"][0].update(connected=True)),
+    ("sidecar sockets", lambda r: r.update(sockets=[])),
+    ("capabilities in reach", lambda r: r["sidecar"]["reached"].append("/proc/42/fd/3")),
+    ("capabilities in reach", lambda r: r.update(sidecar=None)),
 ])
 def test_each_line_fails_on_its_own_breakage(line: str, breakage: Any) -> None:
     report = good_report()

@@ -65,10 +65,12 @@ def test_state_round_trip_with_private_mode(xdg: Path) -> None:
     state = runtime.State(
         name="wg0", mode="ephemeral", sidecar_pid=42, sidecar_start=7, config_path="/x/wg0.conf",
         config_digest="d" * 64, ifname="tun0", created_at=1.5, addresses=["10.0.0.2/32"],
+        userns="user:[4026532178]", netns="net:[4026532180]", mntns="mnt:[4026532179]",
     )
     profile.write_state(state)
     assert profile.read_state() == state
-    assert profile.read_join_state() == (42, 7, "ephemeral")
+    assert profile.read_join_state() == (
+        42, 7, "ephemeral", ("user:[4026532178]", "net:[4026532180]", "mnt:[4026532179]"))
     assert os.stat(profile.state_path).st_mode & 0o777 == 0o600
     Path(profile.state_path).write_text("garbage = [")
     assert profile.read_state() is None  # treated as stale, never a crash

@@ -22,7 +22,7 @@ from wg_wrap import launch, runtime, uapi
 from wg_wrap.errors import ProfileError, SetupError
 from wg_wrap.join import not_running
 from wg_wrap.lifetime import Attached, attach_running, leave, trace
-from wg_wrap.runtime import Profile
+from wg_wrap.runtime import Profile, State
 
 # WireGuard's REJECT_AFTER_TIME: older session keys are not used any more,
 # so a handshake older than this means the peer stopped answering.
@@ -49,6 +49,8 @@ class Expected:
     gid: int
     handshake: float | None  # the latest handshake (UNIX time), None: never
     now: float
+    # wg-wrap's directories as the host has them: (path, device, inode).
+    hidden: tuple[tuple[str, int, int], ...] = ()
 
 
 def _loopback(dst: str) -> bool:
@@ -152,13 +154,62 @@ def check_identity(report: dict[str, Any], exp: Expected) -> Line:
         problems.append(f"uid {ident['uid']} (euid {ident['euid']}), not {exp.uid}")
     if (ident["gid"], ident["egid"]) != (exp.gid, exp.gid):
         problems.append(f"gid {ident['gid']} (egid {ident['egid']}), not {exp.gid}")
-    held = [f"{s}={ident[s]:x}" for s in ("CapInh", "CapPrm", "CapEff", "CapAmb", "CapBnd")
+    held = [f"{s}={ident[s]:x}" for s in ("CapInh", "CapPrm", "CapEff", "CapAmb")
             if ident.get(s)]
     if held:
         problems.append(f"capabilities {' '.join(held)}")
+    if not ident.get("no_new_privs"):
+        # Without it, the bounding set (left whole, so that programs with
+        # file capabilities start) would let such a program gain them.
+        problems.append("no_new_privs is not set")
     if problems:
         return Line(name, False, "; ".join(problems))
-    return Line(name, True, f"uid {exp.uid}, gid {exp.gid}, no capabilities")
+    return Line(name, True, f"uid {exp.uid}, gid {exp.gid}, no capabilities (no_new_privs)")
+
+
+def check_runtime_state(report: dict[str, Any], exp: Expected) -> Line:
+    """wg-wrap's directories (runtime state, configs) are another, empty
+    directory inside: not the host's."""
+    name = "runtime state"
+    host = {path: (dev, ino) for path, dev, ino in exp.hidden}
+    shown = []
+    for seen in report.get("hidden", []):
+        path = seen["path"]
+        if "error" in seen:
+            continue  # not there at all
+        if (seen["dev"], seen["ino"]) == host.get(path):
+            entries = ", ".join(seen["entries"][:4]) or "empty"
+            shown.append(f"{path} ({entries})")
+    if shown:
+        return Line(name, False, f"wg-wrap's own directories are seen inside: {'; '.join(shown)}")
+    return Line(name, True, f"hidden: {', '.join(host) or 'none'}")
+
+
+def check_sockets(report: dict[str, Any], exp: Expected) -> Line:
+    name = "sidecar sockets"
+    tried = report.get("sockets", [])
+    reached = [s["address"] for s in tried if s["connected"]]
+    if reached:
+        return Line(name, False, f"reachable from inside: {', '.join(reached)}")
+    if not tried:
+        return Line(name, False, "not tried")
+    return Line(name, True, "UAPI and control unreachable (they live in the host's network "
+                "namespace)")
+
+
+def check_reach(report: dict[str, Any], exp: Expected) -> Line:
+    """Nothing that holds capabilities is within reach: the sidecar's
+    descriptors, root and environment are refused (the kernel's ptrace
+    check across user namespaces and capability sets)."""
+    name = "capabilities in reach"
+    sidecar = report.get("sidecar")
+    if not sidecar:
+        return Line(name, False, "not tried")
+    if sidecar["reached"]:
+        return Line(name, False, f"the sidecar (pid {sidecar['pid']}) is within reach: "
+                    f"{', '.join(sidecar['reached'])}")
+    return Line(name, True, f"the sidecar's descriptors, root and environment refused "
+                f"({len(sidecar['refused'])} tried)")
 
 
 def check_handshake(exp: Expected) -> Line:
@@ -182,15 +233,27 @@ def evaluate(report: dict[str, Any], exp: Expected) -> list[Line]:
         check_dns(report, exp),
         check_ipv6(report, exp),
         check_identity(report, exp),
+        check_runtime_state(report, exp),
+        check_sockets(report, exp),
+        check_reach(report, exp),
         check_handshake(exp),
     ]
 
 
-def run_probe(attached: Attached, verbose: bool) -> dict[str, Any]:
+def run_probe(attached: Attached, state: State, hidden: list[str],
+              verbose: bool) -> dict[str, Any]:
     """Run wg_wrap.probe inside, joined as a wrapped program is."""
+    from wg_wrap import sockets
+
     sidecar = attached.sidecar
-    argv = launch.join_argv(sidecar, [sys.executable, "-m", "wg_wrap.probe"])
+    probe = [sys.executable, "-m", "wg_wrap.probe", "--sidecar", str(sidecar.pid)]
+    for path in hidden:
+        probe += ["--hidden", path]
+    for address in (state.uapi_address, state.control_address):
+        probe += ["--socket", sockets.shown(address)]
+    argv = launch.join_argv(sidecar, probe)
     env = dict(os.environ)
+    env.pop(launch.PROXY_AUTH_VARIABLE, None)
     # The probe imports this very wg_wrap, wherever it comes from.
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
@@ -267,16 +330,25 @@ def attach(args: argparse.Namespace) -> Attached:
     return attached
 
 
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def main(args: argparse.Namespace) -> int:
+    from wg_wrap import session
+
     attached = attach(args)
     try:
         state = attached.profile.read_state()
         if state is None:
             raise not_running(attached.profile.name)
-        report = run_probe(attached, args.verbose)
+        hidden = [(p, *_identity(p)) for p in session.hidden_dirs(attached.profile)]
+        report = run_probe(attached, state, [p for p, _, _ in hidden], args.verbose)
         expected = Expected(
             ifname=state.ifname, uid=os.getuid(), gid=os.getgid(),
             handshake=latest_handshake(attached.profile, HANDSHAKE_WAIT), now=time.time(),
+            hidden=tuple(hidden),
         )
     finally:
         leave(attached)

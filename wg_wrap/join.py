@@ -24,8 +24,8 @@ def not_running(name: str) -> ProfileError:
     return ProfileError(
         f"profile {name!r} is not running",
         hint=f"start it with `wg-wrap up -n {name}` (its config: ~/.config/wg-wrap/{name}.conf, "
-        "or -c FILE; a profile whose sidecar died is brought back with the config it had); "
-        "`wg-wrap ls` lists profiles",
+        "or -c FILE; a profile whose sidecar died is brought back in place by `up` with the "
+        "config it was started with, which `wg-wrap status` names); `wg-wrap ls` lists profiles",
     )
 
 

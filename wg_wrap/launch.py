@@ -29,6 +29,7 @@ else:
 
 
 READY_TIMEOUT = 10.0
+PROXY_AUTH_VARIABLE = "WG_WRAP_PROXY_AUTH"
 NAMESPACES = ("user", "net", "mnt")
 
 
@@ -225,14 +226,15 @@ def start_sidecar(
     return sidecar
 
 
-def start_aftercare(profile: Profile, sidecar: Sidecar) -> None:
+def start_aftercare(profile: Profile, sidecar: Sidecar, config_path: str) -> None:
     """The process that looks after the profile if its sidecar dies
     (``wg-wrap-sidecar aftercare``): it tells the programs left inside, on
     their stderr, and removes the profile once they are gone.  Detached, in a
     session of its own, on the host: it pins no namespace and is nobody's
     child.  A failure to start it costs only that care: it is not an error."""
     argv = [paths.sidecar(), "aftercare", "--pid", str(sidecar.pid),
-            "--profile-dir", profile.dir, "--life-fd", str(sidecar.life_fd)]
+            "--profile-dir", profile.dir, "--life-fd", str(sidecar.life_fd),
+            "--config", config_path]
     log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         _spawn_detached(argv, dict(os.environ), (sidecar.life_fd,), log_fd)
@@ -376,6 +378,8 @@ def exec_joined(sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1) -> 
     namespace links from the sidecar's /proc scan, not their locks).
     """
     argv = join_argv(sidecar, command)
+    # The proxy password is for wg-wrap's proxy front, never for a program.
+    os.environ.pop(PROXY_AUTH_VARIABLE, None)
     for fd in (sidecar.pidfd, hold_fd):
         if fd >= 0:
             os.set_inheritable(fd, True)

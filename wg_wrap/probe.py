@@ -96,7 +96,92 @@ def identity() -> dict[str, Any]:
     return found
 
 
-def collect(dns_timeout: float = DNS_TIMEOUT) -> dict[str, Any]:
+def directories(paths: list[str]) -> list[dict[str, Any]]:
+    """What each path shows: its identity (device, inode) and its entries."""
+    found = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            entries: list[str] | None = sorted(os.listdir(path))
+            seen: dict[str, Any] = {"path": path, "dev": st.st_dev, "ino": st.st_ino,
+                                    "entries": entries}
+        except OSError as e:
+            seen = {"path": path, "error": e.strerror or str(e)}
+        found.append(seen)
+    return found
+
+
+def connect_each(addresses: list[str]) -> list[dict[str, Any]]:
+    """Try to connect to each unix socket address (abstract ones start with
+    @): what a program that knows them would get."""
+    found = []
+    for shown in addresses:
+        addr = "\0" + shown[1:] if shown.startswith("@") else shown
+        result: dict[str, Any] = {"address": shown, "connected": False}
+        for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+            with socket.socket(socket.AF_UNIX, kind) as sock:
+                sock.settimeout(2)
+                try:
+                    sock.connect(addr)
+                    result["connected"] = True
+                except OSError as e:
+                    result["error"] = e.strerror or str(e)
+        found.append(result)
+    return found
+
+
+def reach_process(pid: int) -> dict[str, Any]:
+    """What of process pid (the sidecar, which holds capabilities) a program
+    can get at: its descriptors, its root, its environment, a copy of a
+    descriptor (pidfd_getfd)."""
+    reached: list[str] = []
+    refused: dict[str, str] = {}
+    try:  # the numbers are listed to the user (the directory is theirs); what they are is not
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError as e:
+        fds = []
+        refused[f"/proc/{pid}/fd"] = e.strerror or str(e)
+    for fd in fds:
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            os.close(os.open(path, os.O_PATH | os.O_CLOEXEC))
+            reached.append(path)
+        except OSError as e:
+            refused[path] = e.strerror or str(e)
+    for what in ("root", "cwd"):
+        try:
+            os.listdir(f"/proc/{pid}/{what}")
+            reached.append(f"/proc/{pid}/{what}")
+        except OSError as e:
+            refused[f"/proc/{pid}/{what}"] = e.strerror or str(e)
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            f.read(1)
+        reached.append(f"/proc/{pid}/environ")
+    except OSError as e:
+        refused[f"/proc/{pid}/environ"] = e.strerror or str(e)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as e:
+        refused["pidfd_open"] = e.strerror or str(e)
+    else:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.syscall(438, pidfd, 0, 0)  # pidfd_getfd
+            if fd >= 0:
+                os.close(fd)
+                reached.append("pidfd_getfd")
+            else:
+                refused["pidfd_getfd"] = os.strerror(ctypes.get_errno())
+        finally:
+            os.close(pidfd)
+    return {"pid": pid, "reached": reached, "refused": refused}
+
+
+def collect(dns_timeout: float = DNS_TIMEOUT, hidden: list[str] | None = None,
+            sockets: list[str] | None = None, sidecar: int = 0) -> dict[str, Any]:
     try:
         with open(dns.ETC_RESOLV) as f:
             resolv = f.read()
@@ -117,11 +202,22 @@ def collect(dns_timeout: float = DNS_TIMEOUT) -> dict[str, Any]:
         "dns": ask_nameservers(servers, dns_timeout),
         "ipv6_probe": IPV6_PROBE,
         "identity": identity(),
+        "hidden": directories(hidden or []),
+        "sockets": connect_each(sockets or []),
+        "sidecar": reach_process(sidecar) if sidecar else None,
     }
 
 
 def main() -> int:
-    json.dump(collect(), sys.stdout)
+    """``python -m wg_wrap.probe [--hidden DIR]... [--socket ADDR]... [--sidecar PID]``"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="wg_wrap.probe")
+    parser.add_argument("--hidden", action="append", default=[])
+    parser.add_argument("--socket", action="append", default=[])
+    parser.add_argument("--sidecar", type=int, default=0)
+    args = parser.parse_args()
+    json.dump(collect(hidden=args.hidden, sockets=args.socket, sidecar=args.sidecar), sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from wg_wrap.errors import UsageError
+from wg_wrap.launch import PROXY_AUTH_VARIABLE
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -22,7 +23,7 @@ DEFAULT_HOST = ipaddress.IPv4Address("127.0.0.1")
 PROTOCOLS = ("tcp", "udp")
 # The proxy credentials come from this variable or from --proxy-auth-file,
 # never from the command line, where every user can read them (/proc/PID/cmdline).
-AUTH_ENV = "WG_WRAP_PROXY_AUTH"
+AUTH_ENV = PROXY_AUTH_VARIABLE
 MAX_CREDENTIAL = 255  # RFC 1929: one length byte each
 
 

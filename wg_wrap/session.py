@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shlex
 import signal
 import socket
 import stat
@@ -83,7 +84,7 @@ def named_config(name: str) -> str:
             raise ProfileError(
                 f"profile {name!r} died with programs inside; {path} does not exist",
                 hint=f"bring it back in place with the config it was started with: "
-                f"`wg-wrap up -n {name} -c {recorded}`",
+                f"`wg-wrap up -n {name} -c {shlex.quote(recorded)}`",
             )
         raise ProfileError(
             f"no config for profile {name!r}: {path} does not exist",
@@ -343,7 +344,7 @@ def start_profile(
 
         state.ready = True
         profile.write_state(state)
-        launch.start_aftercare(profile, sidecar)
+        launch.start_aftercare(profile, sidecar, state.config_path)
         undo.pop_all()
     return Attached(profile, sidecar, hold_fd, mode, started=True)
 

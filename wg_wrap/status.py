@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from wg_wrap import keys, launch, lifetime, runtime, uapi
+from wg_wrap import keys, launch, lifetime, runtime, sockets, uapi
 from wg_wrap.errors import UAPIError
 from wg_wrap.runtime import Profile, State
 
@@ -25,6 +26,7 @@ class ProfileStatus:
     device: uapi.DeviceStatus | None = None  # when the sidecar answered
     members: tuple[int, ...] = ()
     names: dict[str, dict[str, Any]] | None = None  # endpoint names, by hex public key
+    view: dict[str, Any] | None = None  # the sidecar's view.json: the namespace's view of the host
 
 
 def _endpoint_names(profile: Profile) -> dict[str, dict[str, Any]]:
@@ -35,6 +37,16 @@ def _endpoint_names(profile: Profile) -> dict[str, dict[str, Any]]:
         return {e["public_key"]: e for e in entries if isinstance(e, dict) and "public_key" in e}
     except (OSError, ValueError, TypeError):
         return {}
+
+
+def _view(profile: Profile) -> dict[str, Any] | None:
+    """What the sidecar says of the namespace's view of the host (view.json)."""
+    try:
+        with open(profile.view_path) as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def collect(profile: Profile, by_netns: dict[str, list[int]] | None = None) -> ProfileStatus:
@@ -55,6 +67,7 @@ def collect(profile: Profile, by_netns: dict[str, list[int]] | None = None) -> P
         members = lifetime.namespace_members(sidecar.pid, scan=by_netns)
         return ProfileStatus(
             profile, state, True, device, tuple(members), _endpoint_names(profile),
+            _view(profile),
         )
     finally:
         sidecar.close()
@@ -92,20 +105,29 @@ def age(since: float | None, now: float) -> str:
 def _summary(st: ProfileStatus, now: float) -> list[str]:
     state = st.state
     if state is None:
-        return [st.profile.name, "?", "-", "-", "-", "dead", "-", "-", "-"]
+        return [st.profile.name, "?", "-", "-", "-", "dead", "-", "-", "-", "-"]
     endpoint = ", ".join(state.endpoints) or "-"
     if not st.alive:
         return [st.profile.name, state.mode, "-", str(len(st.members)), endpoint, "dead",
-                "-", "-", "-"]
+                "-", "-", "-", "-"]
     mode = state.mode if state.ready else "starting"
     row = [st.profile.name, mode, str(state.sidecar_pid), str(len(st.members)), endpoint]
     if st.device is None:
-        return [*row, not_responding(state.sidecar_pid), "-", "-", reach_summary(state)]
+        return [*row, not_responding(state.sidecar_pid), "-", "-", reach_summary(state),
+                view_summary(st)]
     peers = st.device.peers
     last = max((p.last_handshake or 0 for p in peers), default=0)
     rx = sum(p.rx_bytes for p in peers)
     tx = sum(p.tx_bytes for p in peers)
-    return [*row, age(last, now), human_bytes(rx), human_bytes(tx), reach_summary(state)]
+    return [*row, age(last, now), human_bytes(rx), human_bytes(tx), reach_summary(state),
+            view_summary(st)]
+
+
+def view_summary(st: ProfileStatus) -> str:
+    """The VIEW column of ls: whether the namespace's view of the host holds."""
+    if st.view is None:
+        return "-"
+    return "ok" if st.view.get("intact") else "BROKEN"
 
 
 def not_responding(pid: int) -> str:
@@ -141,7 +163,8 @@ def reach_summary(state: State) -> str:
 
 def format_ls(statuses: list[ProfileStatus]) -> str:
     now = time.time()
-    rows = [["NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX", "REACH"]]
+    rows = [["NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX", "REACH",
+             "VIEW"]]
     rows += [_summary(st, now) for st in statuses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -178,12 +201,15 @@ def as_dict(st: ProfileStatus) -> dict[str, Any]:
         "created_at": state.created_at, "interface": state.ifname,
         "public_key": state.public_key, "listen_port": state.listen_port,
         "addresses": state.addresses, "dns": state.dns, "mtu": state.mtu,
+        "uapi_socket": sockets.shown(state.uapi_address) if state.sockets else None,
         "published": _published(state),
         "socks": {"address": state.socks, "udp_relay": state.socks_udp,
                   "auth": state.proxy_auth} if state.socks else None,
         "http_proxy": {"address": state.http_proxy, "auth": state.proxy_auth}
         if state.http_proxy else None,
     })
+    if st.view is not None:
+        out["view"] = st.view
     if st.device is not None:
         out["peers"] = [_peer_dict(p, (st.names or {}).get(p.public_key.hex()))
                         for p in st.device.peers]
@@ -232,7 +258,8 @@ def format_status(st: ProfileStatus) -> str:
     elif st.members:
         lines.append(f"  sidecar: died; {len(st.members)} program"
                      f"{'s' if len(st.members) != 1 else ''} left inside, with no network: "
-                     f"`wg-wrap up -n {d['name']}` brings the tunnel back for them")
+                     f"`wg-wrap up -n {d['name']} -c {shlex.quote(d['config'])}` brings the "
+                     "tunnel back for them")
     lines += [
         f"  interface: {d['interface']}",
         f"  public key: {d['public_key']}",
@@ -241,6 +268,10 @@ def format_status(st: ProfileStatus) -> str:
         f"  dns: {', '.join(d['dns']) or '(host resolver)'}",
         f"  mtu: {d['mtu']}",
     ]
+    if d["uapi_socket"]:
+        lines.append(f"  uapi socket: {d['uapi_socket']} (the host's network namespace only)")
+    if "view" in d:
+        lines.append(f"  view of the host: {view_line(d['view'], now)}")
     for p in d["published"]:
         lines.append(f"  published: {p['host']} -> {p['port']}/{p['proto']}")
     password = ", password required" if d["socks"] and d["socks"]["auth"] else ""
@@ -274,6 +305,17 @@ def format_status(st: ProfileStatus) -> str:
         for proc in d["processes"]:
             lines.append(f"  {proc['pid']:>7}  {proc['name']}  {' '.join(proc['cmdline'])}")
     return "\n".join(lines)
+
+
+def view_line(view: dict[str, Any], now: float) -> str:
+    """``intact; resolv.conf: the profile's DNS; 3 host changes followed (2m ago)``"""
+    state = "intact" if view.get("intact") else f"NOT INTACT: {view.get('problem') or '?'}"
+    dns = "the profile's DNS" if view.get("dns") == "profile" else "the host's, followed"
+    absorbed = int(view.get("absorbed") or 0)
+    line = f"{state}; resolv.conf: {dns}; {absorbed} host change{'s' if absorbed != 1 else ''} "
+    line += "followed"
+    last = _timestamp(view.get("last_change")) if view.get("last_change") else None
+    return line + (f" (last {age(last, now)})" if last else "")
 
 
 def format_json(statuses: list[ProfileStatus]) -> str:

@@ -276,7 +276,7 @@ func removeFlag(isDir bool) int {
 func (d *dirView) writeFile(name string, content []byte) (bool, error) {
 	path := filepath.Join(d.spec.path, name)
 	cur, mounted, ok := d.current(name)
-	if ok && !mounted && cur.Mode&unix.S_IFMT == unix.S_IFREG {
+	if ok && !mounted && cur.Mode&unix.S_IFMT == unix.S_IFREG && cur.Size == int64(len(content)) {
 		if old, err := readFileAt(d.rw, name, len(content)+1); err == nil && string(old) == string(content) {
 			return false, nil
 		}
@@ -409,7 +409,7 @@ func readNamesFd(dirfd int) ([]string, error) {
 
 func readDirFd(fd int) ([]string, error) {
 	var names []string
-	buf := make([]byte, 8192)
+	buf := make([]byte, 4096)
 	for {
 		n, err := unix.ReadDirent(fd, buf)
 		if err != nil {

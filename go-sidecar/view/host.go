@@ -116,7 +116,13 @@ func (h *hostSide) readFile(path string, limit int) (data []byte, err error) {
 			return
 		}
 		defer unix.Close(fd)
-		buf := make([]byte, limit+1)
+		var st unix.Stat_t
+		if err = unix.Fstat(fd, &st); err != nil {
+			return
+		}
+		// Sized from the file (a resolv.conf is a few hundred bytes), with
+		// room to notice one that grew meanwhile.
+		buf := make([]byte, min(int(max(st.Size, 0))+4096, limit+1))
 		total := 0
 		for total < len(buf) {
 			n, rerr := unix.Read(fd, buf[total:])

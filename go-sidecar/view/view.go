@@ -106,6 +106,7 @@ type View struct {
 	resolvWD  int    // no DNS: the watch on the directory of the host's resolv.conf target
 	resolvDir string // and that directory
 	etc       *dirView
+	events    []byte // what inotify has, read into the same buffer each time
 
 	mu     sync.Mutex
 	status Status
@@ -120,7 +121,8 @@ func Build(cfg Config) (*View, error) {
 	if cfg.Errorf == nil {
 		cfg.Errorf = func(string, ...any) {}
 	}
-	v := &View{cfg: cfg, watches: map[int]*dirView{}, resolvWD: -1, mountinfo: -1, inotify: -1}
+	v := &View{cfg: cfg, watches: map[int]*dirView{}, resolvWD: -1, mountinfo: -1, inotify: -1,
+		events: make([]byte, 4096)}
 	v.status = Status{Intact: true, DNS: "host"}
 	if cfg.ResolvConf != nil {
 		v.status.DNS = "profile"
@@ -325,17 +327,9 @@ func (v *View) Run(stop <-chan struct{}) {
 	}
 }
 
-// mountsChanged re-reads the mount table (which re-arms the poll) and
-// checks every hide.
+// mountsChanged checks every hide after the mount table changed (the poll
+// that said so has re-armed itself: proc's mountinfo poll).
 func (v *View) mountsChanged() int {
-	unix.Seek(v.mountinfo, 0, 0)
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := unix.Read(v.mountinfo, buf)
-		if n <= 0 || err != nil {
-			break
-		}
-	}
 	changed := 0
 	for _, h := range v.hides {
 		did, err := v.keepHidden(h)
@@ -358,7 +352,7 @@ func (v *View) readEvents() int {
 	todo := map[key]bool{}
 	var full []*dirView
 	resolv, hides := false, false
-	buf := make([]byte, 64<<10)
+	buf := v.events
 	for {
 		n, err := unix.Read(v.inotify, buf)
 		if n <= 0 || err != nil {

@@ -14,6 +14,8 @@
  *   join:   enter a profile's namespaces (through the sidecar's pidfd),
  *           restore the working directory, drop every capability, and run
  *           the user's program.
+ *   aftercare: on the host, look after a profile whose sidecar dies
+ *           (aftercare.c); no namespace, no capability.
  *
  * create and enter run one program only: the wg-wrap-sidecar installed beside
  * this launcher, with an environment of nothing but its WG_WRAP_* variables.
@@ -50,6 +52,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "aftercare.h"
+
 #ifndef NS_GET_PARENT
 #define NS_GET_PARENT 0xb702 /* _IO(0xb7, 0x2), <linux/nsfs.h> */
 #endif
@@ -75,6 +79,8 @@ static const char usage_text[] =
   "Usage: " PROG_NAME " [--expect-version V] create -- [SIDECAR-ARG]...\n"
   "       " PROG_NAME " [--expect-version V] enter NAMESPACES -- [SIDECAR-ARG]...\n"
   "       " PROG_NAME " [--expect-version V] join NAMESPACES [--cwd DIR] -- PROGRAM [ARG]...\n"
+  "       " PROG_NAME " [--expect-version V] aftercare --pid PID --netns INO --profile-dir DIR\n"
+  "                        --life-fd FD [--config FILE]\n"
   "       " PROG_NAME " --version | --help\n"
   "\n"
   "--expect-version V, before the command, refuses to run unless V is the\n"
@@ -93,6 +99,10 @@ static const char usage_text[] =
   "\n"
   "join: enter the namespaces NAMESPACES name, change to the caller's working\n"
   "directory (or DIR), drop every capability and execute PROGRAM.\n"
+  "\n"
+  "aftercare: wait until the sidecar PID (network namespace INO) ends; if it\n"
+  "died (its life pipe FD closed without a word), tell the programs left in its\n"
+  "namespace, and remove the profile DIR once they are gone.\n"
   "\n"
   "NAMESPACES: --pidfd N --userns INO --netns INO --mntns INO: the user,\n"
   "network and mount namespaces of the process whose pidfd N is inherited,\n"
@@ -768,5 +778,7 @@ main(int argc, char *argv[])
     cmd_join(argc - 2, argv + 2);
   if (strcmp(argv[1], "enter") == 0)
     cmd_enter(argc - 2, argv + 2);
+  if (strcmp(argv[1], "aftercare") == 0)
+    cmd_aftercare(argc - 2, argv + 2);
   die_usage("unknown command '%s'", argv[1]);
 }

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import ClassVar
 
 from setuptools import Command, Distribution, setup
 from setuptools.command.build_py import build_py
@@ -62,7 +63,7 @@ class InstallData(Command):
     and bash wants its completion named after the command."""
 
     description = "install the man page and the shell completions"
-    user_options: list[tuple[str, str | None, str]] = []
+    user_options: ClassVar[list[tuple[str, str | None, str]]] = []
 
     def initialize_options(self) -> None:
         self.install_dir: str | None = None
@@ -99,4 +100,5 @@ class BinaryDistribution(Distribution):
 setup(
     cmdclass={"build_py": BuildWithBinaries, "install_data": InstallData},
     distclass=BinaryDistribution,
+    data_files=[],  # InstallData installs DATA_FILES; the sdist has them through MANIFEST.in
 )

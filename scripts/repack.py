@@ -131,21 +131,23 @@ def repack_sdist(source: Path, dest: Path, epoch: int) -> None:
     out = io.BytesIO()
     # No file name and no date in the gzip header; the tar inside in pax
     # format, as the sdist format asks.
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for member in members:
-                info = tarfile.TarInfo(member.name)
-                info.type = member.type
-                info.mode = 0o755 if member.isdir() else normal_mode(member.mode)
-                info.mtime = epoch
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                data = contents.get(member.name)
-                if data is None:
-                    tar.addfile(info)
-                else:
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for member in members:
+            info = tarfile.TarInfo(member.name)
+            info.type = member.type
+            info.mode = 0o755 if member.isdir() else normal_mode(member.mode)
+            info.mtime = epoch
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            data = contents.get(member.name)
+            if data is None:
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     write_atomically(dest, out.getvalue())
 
 

@@ -25,7 +25,7 @@ runs on every Linux of its architecture, glibc or musl. The promises:
   the man page and the completions;
 - `make release` writes every artefact and a SHA256SUMS that checks.
 
-The wheels are built once per session, in a world-readable directory below
+The wheels are built once (module fixtures), in a world-readable directory below
 /var/tmp (the test user installs from there).
 """
 
@@ -96,6 +96,11 @@ STATIC_LIBCS = {
 GO = shutil.which("go") or "/usr/local/go/bin/go"
 
 
+def which(tool: str) -> str | None:
+    """shutil.which, also looking where root's tools are (chroot)."""
+    return shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
 def platform_tags(arch: str) -> set[str]:
     return {f"manylinux_2_17_{arch}", f"manylinux2014_{arch}", f"musllinux_1_1_{arch}"}
 
@@ -113,7 +118,7 @@ def need_wheel_tools() -> None:
     a failure, never a silent skip.
     """
     missing = [f"{tool} ({package})" for tool, package in NEEDED_TOOLS.items()
-               if shutil.which(tool) is None]
+               if which(tool) is None]
     missing += [f"{path} ({package})" for path, package in STATIC_LIBCS.items()
                 if not os.path.exists(path)]
     if not os.access(GO, os.X_OK):
@@ -142,7 +147,7 @@ def git(tree: Path, *args: str, env: dict[str, str] | None = None) -> str:
 # ---- building --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
     """World-readable: the test user installs the wheel from here."""
     path = Path(tempfile.mkdtemp(prefix="wg-wrap-wheel-", dir="/var/tmp"))
@@ -153,7 +158,7 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tools(workdir: Path) -> Path:
     """A venv with auditwheel, twine and pipx; returns its bin directory."""
     python = make_venv(workdir / "tools", *TEST_TOOLS)
@@ -180,7 +185,7 @@ class Build:
         return self.tree / "build" / "wheel-tools" / "bin" / "python"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def build_a(workdir: Path) -> Build:
     """The working tree as a repository of its own (one commit, dated like
     the checkout's last), and `make wheels` in it, with the Makefile's own
@@ -197,7 +202,7 @@ def build_a(workdir: Path) -> Build:
     return Build(tree)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def build_b(workdir: Path, build_a: Build) -> Build:
     """A clone of the first tree, elsewhere, made and built under umask 002
     (sharing the first tree's pinned build tools)."""
@@ -209,7 +214,7 @@ def build_b(workdir: Path, build_a: Build) -> Build:
     return Build(tree)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def unpacked(workdir: Path, build_a: Build) -> dict[str, Path]:
     """Each wheel's helpers, extracted (by architecture)."""
     out = {}
@@ -251,6 +256,10 @@ def test_helpers_are_static_executables_of_the_wheels_architecture(
     assert re.search(r"\(FLAGS_1\)\s+Flags:.*\bNOW\b.*\bPIE\b", readelf(launcher, "--dynamic"))
     sidecar = unpacked[arch] / paths.SIDECAR
     assert re.search(r"Type:\s+EXEC", readelf(sidecar, "--file-header"))
+    # The floor under the manylinux_2_17 tag is the kernel: static glibc's ABI
+    # note names the oldest Linux it runs on, at most manylinux2014's (CentOS 7: 3.10).
+    abi = re.search(r"OS: Linux, ABI: (\d+)\.(\d+)\.(\d+)", readelf(launcher, "--notes"))
+    assert abi and tuple(map(int, abi.groups())) <= (3, 10, 0), abi
     # stripped: no symbol table
     for name in BINARIES:
         assert ".symtab" not in readelf(unpacked[arch] / name, "--section-headers"), name
@@ -263,7 +272,7 @@ def in_empty_root(root: Path, arch: str, argv: Sequence[str], stdin: str | None 
     qemu = QEMU[arch]
     prefix = [f"/{qemu}"] if qemu else []
     return subprocess.run(
-        [shutil.which("chroot") or "chroot", str(root), *prefix, f"/{argv[0]}", *argv[1:]],
+        [which("chroot") or "chroot", str(root), *prefix, f"/{argv[0]}", *argv[1:]],
         capture_output=True, text=True, timeout=60, env={"PATH": "/"}, cwd="/", input=stdin,
     )
 
@@ -574,7 +583,7 @@ class NoToolchain:
                 "--", *self.programs, "--", *as_user_argv(user, argv)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def no_toolchain(workdir: Path) -> NoToolchain:
     directories, programs = toolchain()
     empty = workdir / "empty"
@@ -612,7 +621,7 @@ echo "interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pipx_installed(
     workdir: Path, tools: Path, build_a: Build, test_user: User, no_toolchain: NoToolchain
 ) -> Pipx:

@@ -9,8 +9,15 @@
 #   make deb        dist/wg-wrap_VERSION-1_ARCH.deb (packaging/debian), built offline
 #   make rpm        dist/wg-wrap-VERSION-1.ARCH.rpm (packaging/rpm/wg-wrap.spec)
 #   make pkgbuild   dist/PKGBUILD beside the tarball, with its sha256sum
+#   make sdist      dist/wg_wrap-VERSION.tar.gz: the Python sdist, from the dist tarball
+#   make wheel      dist/wg_wrap-VERSION-py3-none-…_ARCH.whl, static helpers, from the sdist
+#                   (ARCH=x86_64 or aarch64, default: this machine's; `make wheels`: both)
+#   make release    sdist, both wheels, .deb, .rpm, PKGBUILD and dist/SHA256SUMS
 # Quiet unless V=1. The build never touches the network: Go modules come from
-# go-sidecar/vendor/, and GOTOOLCHAIN=local forbids toolchain downloads.
+# go-sidecar/vendor/, and GOTOOLCHAIN=local forbids toolchain downloads. (The
+# sdist and the wheels are built with pinned Python tools, which `make` fetches
+# from PyPI once into build/wheel-tools unless WHEEL_PYTHON names an
+# interpreter that has them: packaging/wheel/requirements.txt.)
 
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' wg_wrap/__init__.py)
 
@@ -69,7 +76,7 @@ SIDECAR_SOURCES = $(shell find go-sidecar -name '*.go' -not -name '*_test.go' -n
 	go-sidecar/go.mod go-sidecar/go.sum go-sidecar/vendor/modules.txt
 
 .PHONY: all binaries test test-go test-py stage demo install install-binaries install-data \
-	clean lint vendor dist docs deb rpm pkgbuild
+	clean lint vendor dist docs deb rpm pkgbuild sdist wheel wheels release
 
 all: binaries
 
@@ -205,6 +212,104 @@ pkgbuild: dist
 	sed "s/^sha256sums=('SKIP').*/sha256sums=('$$sum')/" packaging/arch/PKGBUILD > $(DISTDIR)/PKGBUILD
 	$(Q)grep -q "^pkgver=$(VERSION)$$" $(DISTDIR)/PKGBUILD || \
 		{ echo "make: packaging/arch/PKGBUILD's pkgver is not $(VERSION)" >&2; exit 1; }
+
+# ---- the sdist and the wheels ---------------------------------------------------
+# One wheel per architecture runs on every Linux of it, glibc or musl, because
+# both helpers are static (no NEEDED, no interpreter): the launcher is linked
+# with glibc's -static-pie (PIE, RELRO, BIND_NOW and the stack protector kept,
+# and the same headers as `make`), by Debian's x86_64-linux-gnu-gcc and
+# aarch64-linux-gnu-gcc (cross); the sidecar with CGO_ENABLED=0 and
+# -buildmode=exe (Go's own PIE asks for the dynamic loader). Both stripped,
+# built with fixed flags: the distribution's CFLAGS and GO_* flags are for
+# `make`, not for a wheel that must build the same everywhere. The platform
+# tags are manylinux_2_17 (manylinux2014) and musllinux_1_1: the helpers use
+# no symbol of the system's libc, so the floor is the kernel: Go and static
+# glibc need Linux >= 3.2 (3.7 on aarch64), which manylinux2014's CentOS 7
+# (3.10) has and manylinux2010's CentOS 6 (2.6.32) has not.
+# Wheels are built from the sdist (what PyPI users could build from), the
+# sdist from the dist tarball (the tracked files); scripts/repack.py makes
+# both depend on their contents only, dated by the last commit.
+ARCH ?= $(shell uname -m)
+WHEEL_ARCH = $(patsubst amd64,x86_64,$(patsubst arm64,aarch64,$(ARCH)))
+WHEEL_ARCHS = x86_64 aarch64
+WHEEL_TARGETS = $(WHEEL_ARCHS:%=wheel-%)
+GOARCH_x86_64 = amd64
+GOARCH_aarch64 = arm64
+WHEEL_CC_x86_64 ?= x86_64-linux-gnu-gcc
+WHEEL_CC_aarch64 ?= aarch64-linux-gnu-gcc
+WHEEL_LAUNCHER_FLAGS = -DWG_WRAP_VERSION='"$(VERSION)"' -D_FORTIFY_SOURCE=2 -O2 \
+	$(LAUNCHER_CFLAGS) -static-pie -Wl,-z,relro -Wl,-z,now -s
+# GOAMD64/GOARM64: the baseline of each architecture, whatever the environment says.
+WHEEL_GO_ENV = $(GO_ENV) GOOS=linux GOAMD64=v1 GOARM64=v8.0
+WHEEL_GOFLAGS = -mod=vendor -trimpath -buildvcs=false -buildmode=exe \
+	-ldflags='-buildid= -s -w -X main.version=$(VERSION)'
+# The platform tags, and the wheel's name with them sorted as `wheel tags` writes it.
+WHEEL_PLATFORMS = manylinux_2_17_$(1).manylinux2014_$(1).musllinux_1_1_$(1)
+WHEEL_FILE = wg_wrap-$(VERSION)-py3-none-manylinux2014_$(1).manylinux_2_17_$(1).musllinux_1_1_$(1).whl
+SDIST_FILE = wg_wrap-$(VERSION).tar.gz
+WHEEL_TOOLS = build/wheel-tools
+WHEEL_PYTHON ?= $(WHEEL_TOOLS)/bin/python
+WHEEL_TOOLS_READY = $(if $(filter $(WHEEL_TOOLS)/bin/python,$(WHEEL_PYTHON)),$(WHEEL_TOOLS)/ready)
+EPOCH = $${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct)}
+
+ifneq ($(filter wheel,$(MAKECMDGOALS)),)
+ifeq ($(filter $(WHEEL_ARCH),$(WHEEL_ARCHS)),)
+$(error make wheel: ARCH=$(ARCH): wheels are built for $(WHEEL_ARCHS))
+endif
+endif
+
+$(WHEEL_TOOLS)/ready: packaging/wheel/requirements.txt
+	@echo "  VENV    $(WHEEL_TOOLS)"
+	$(Q)rm -rf $(WHEEL_TOOLS) && $(PYTHON) -m venv $(WHEEL_TOOLS)
+	$(Q)$(WHEEL_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check \
+		--require-hashes --only-binary=:all: -r packaging/wheel/requirements.txt
+	$(Q)touch $@
+
+build/wheel-%/wg-wrap-launcher: launcher/wg-wrap-launcher.c wg_wrap/__init__.py
+	@mkdir -p $(@D)
+	@echo "  CC      $@"
+	$(Q)$(WHEEL_CC_$*) $(WHEEL_LAUNCHER_FLAGS) -o $@ $<
+
+build/wheel-%/wg-wrap-sidecar: $(SIDECAR_SOURCES) wg_wrap/__init__.py
+	@mkdir -p $(@D)
+	@echo "  GO      $@"
+	$(Q)cd go-sidecar && $(WHEEL_GO_ENV) GOARCH=$(GOARCH_$*) $(GO) build $(WHEEL_GOFLAGS) -o ../$@ .
+
+sdist: dist $(WHEEL_TOOLS_READY)
+	@echo "  SDIST   $(DISTDIR)/$(SDIST_FILE)"
+	$(Q)rm -rf build/sdist && mkdir -p build/sdist
+	$(Q)tar -xzf $(DISTDIR)/wg-wrap-$(VERSION).tar.gz -C build/sdist
+	$(Q)$(call PKG_LOG,SOURCE_DATE_EPOCH=$(EPOCH) $(WHEEL_PYTHON) -m build --sdist --no-isolation \
+		--outdir build/sdist/out build/sdist/wg-wrap-$(VERSION),build/sdist.log)
+	$(Q)SOURCE_DATE_EPOCH=$(EPOCH) $(WHEEL_PYTHON) scripts/repack.py sdist \
+		build/sdist/out/$(SDIST_FILE) $(DISTDIR)/$(SDIST_FILE)
+
+wheel: wheel-$(WHEEL_ARCH)
+
+wheels: $(WHEEL_TARGETS)
+
+# setup.py copies the helpers named by WG_WRAP_HELPERS_DIR instead of building.
+$(WHEEL_TARGETS): wheel-%: sdist build/wheel-%/wg-wrap-launcher build/wheel-%/wg-wrap-sidecar
+	@echo "  WHEEL   $(DISTDIR)/$(call WHEEL_FILE,$*)"
+	$(Q)rm -rf build/wheel-$*/src build/wheel-$*/out && mkdir -p build/wheel-$*/src
+	$(Q)tar -xzf $(DISTDIR)/$(SDIST_FILE) -C build/wheel-$*/src
+	$(Q)umask 022 && $(call PKG_LOG,WG_WRAP_HELPERS_DIR=$(abspath build/wheel-$*) \
+		SOURCE_DATE_EPOCH=$(EPOCH) $(WHEEL_PYTHON) -m build --wheel --no-isolation \
+		--outdir build/wheel-$*/out build/wheel-$*/src/wg_wrap-$(VERSION),build/wheel-$*/build.log)
+	$(Q)$(WHEEL_PYTHON) -m wheel tags --remove --python-tag=py3 --abi-tag=none \
+		--platform-tag=$(call WHEEL_PLATFORMS,$*) build/wheel-$*/out/wg_wrap-$(VERSION)-*.whl >/dev/null
+	$(Q)SOURCE_DATE_EPOCH=$(EPOCH) $(WHEEL_PYTHON) scripts/repack.py wheel \
+		build/wheel-$*/out/$(call WHEEL_FILE,$*) $(DISTDIR)/$(call WHEEL_FILE,$*)
+
+# Everything a release publishes, and their checksums. On Debian, pass
+# RPMBUILD_FLAGS=--nodeps (see `make rpm`).
+RPM_FILE = $(shell rpmspec -q --qf '%{name}-%{version}-%{release}.%{arch}.rpm\n' \
+	packaging/rpm/wg-wrap.spec 2>/dev/null | head -n 1)
+RELEASE_FILES = wg-wrap-$(VERSION).tar.gz $(SDIST_FILE) \
+	$(foreach a,$(WHEEL_ARCHS),$(call WHEEL_FILE,$(a))) $(DEB) $(RPM_FILE) PKGBUILD
+release: sdist wheels deb rpm pkgbuild
+	@echo "  SUMS    $(DISTDIR)/SHA256SUMS"
+	$(Q)cd $(DISTDIR) && sha256sum $(RELEASE_FILES) > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS
 
 clean:
 	$(Q)rm -rf build dist *.egg-info

@@ -54,7 +54,11 @@ LAUNCHER_CPPFLAGS = -DWG_WRAP_VERSION='"$(VERSION)"' \
 LAUNCHER_CFLAGS = -std=gnu11 -fPIE -fstack-protector-strong -ffile-prefix-map=$(CURDIR)=. \
 	-Wall -Wextra -Werror -Wshadow -Wformat=2 -Wconversion \
 	-Wno-sign-conversion -Wmissing-prototypes -Wstrict-prototypes
-LAUNCHER_LDFLAGS = -pie -Wl,-z,relro -Wl,-z,now
+# Static (and still PIE): the launcher also stays resident as each profile's
+# aftercare process, where a static binary costs a few hundred KiB of memory
+# and glibc's dynamic loader and libc pages would cost megabytes.
+LAUNCHER_LDFLAGS = -static-pie -Wl,-z,relro -Wl,-z,now
+LAUNCHER_SOURCES = launcher/wg-wrap-launcher.c launcher/aftercare.c
 
 # The Go sidecar: vendored modules, no paths, build ids or VCS stamps baked
 # in; PIE with BIND_NOW. GO_BUILDFLAGS adds the packager's own flags to `go
@@ -82,10 +86,10 @@ all: binaries
 
 binaries: build/wg-wrap-launcher build/wg-wrap-sidecar
 
-build/wg-wrap-launcher: launcher/wg-wrap-launcher.c wg_wrap/__init__.py
+build/wg-wrap-launcher: $(LAUNCHER_SOURCES) launcher/aftercare.h wg_wrap/__init__.py
 	@mkdir -p build
 	@echo "  CC      $@"
-	$(Q)$(CC) $(LAUNCHER_CPPFLAGS) $(CPPFLAGS) $(LAUNCHER_CFLAGS) $(CFLAGS) $(LAUNCHER_LDFLAGS) $(LDFLAGS) -o $@ $<
+	$(Q)$(CC) $(LAUNCHER_CPPFLAGS) $(CPPFLAGS) $(LAUNCHER_CFLAGS) $(CFLAGS) $(LAUNCHER_LDFLAGS) $(LDFLAGS) -o $@ $(LAUNCHER_SOURCES)
 
 build/wg-wrap-sidecar: $(SIDECAR_SOURCES) wg_wrap/__init__.py
 	@mkdir -p build
@@ -265,10 +269,10 @@ $(WHEEL_TOOLS)/ready: packaging/wheel/requirements.txt
 		--require-hashes --only-binary=:all: -r packaging/wheel/requirements.txt
 	$(Q)touch $@
 
-build/wheel-%/wg-wrap-launcher: launcher/wg-wrap-launcher.c wg_wrap/__init__.py
+build/wheel-%/wg-wrap-launcher: $(LAUNCHER_SOURCES) launcher/aftercare.h wg_wrap/__init__.py
 	@mkdir -p $(@D)
 	@echo "  CC      $@"
-	$(Q)$(WHEEL_CC_$*) $(WHEEL_LAUNCHER_FLAGS) -o $@ $<
+	$(Q)$(WHEEL_CC_$*) $(WHEEL_LAUNCHER_FLAGS) -o $@ $(LAUNCHER_SOURCES)
 
 build/wheel-%/wg-wrap-sidecar: $(SIDECAR_SOURCES) wg_wrap/__init__.py
 	@mkdir -p $(@D)

@@ -17,7 +17,6 @@
 //	                [--reresolve PLAN --reresolve-status FILE] [-v]
 //	wg-wrap-sidecar --version
 //	wg-wrap-sidecar genkey | pubkey     (like wg's; keys.go)
-//	wg-wrap-sidecar aftercare --pid PID --profile-dir DIR --life-fd FD [--config FILE]   (aftercare.go)
 package main
 
 import (
@@ -99,9 +98,6 @@ func main() {
 	}
 	if code, ok := keyCommand(os.Args[1:], os.Stdin, os.Stdout, os.Stderr); ok {
 		os.Exit(code)
-	}
-	if len(os.Args) >= 2 && os.Args[1] == "aftercare" {
-		os.Exit(aftercare(os.Args[2:], os.Stderr))
 	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }

@@ -221,8 +221,11 @@ def _helpers_of(user: User, runtime_dir: Path, aftercare: bool) -> set[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if argv[0].endswith(b"wg-wrap-sidecar") and (argv[1:2] == [b"aftercare"]) == aftercare \
-                and any(a.startswith(bytes(runtime_dir)) for a in argv):
+        if aftercare:
+            mine = argv[0].endswith(b"wg-wrap-launcher") and b"aftercare" in argv[1:4]
+        else:
+            mine = argv[0].endswith(b"wg-wrap-sidecar")
+        if mine and any(a.startswith(bytes(runtime_dir)) for a in argv):
             found.add(int(entry))
     return found
 
@@ -237,7 +240,7 @@ def sidecars_of(user: User, runtime_dir: Path) -> set[int]:
 
 
 def aftercares_of(user: User, runtime_dir: Path) -> set[int]:
-    """The aftercare processes (`wg-wrap-sidecar aftercare`) of those profiles."""
+    """The aftercare processes (`wg-wrap-launcher aftercare`) of those profiles."""
     return _helpers_of(user, runtime_dir, aftercare=True)
 
 

@@ -228,13 +228,14 @@ def start_sidecar(
 
 def start_aftercare(profile: Profile, sidecar: Sidecar, config_path: str) -> None:
     """The process that looks after the profile if its sidecar dies
-    (``wg-wrap-sidecar aftercare``): it tells the programs left inside, on
+    (``wg-wrap-launcher aftercare``): it tells the programs left inside, on
     their stderr, and removes the profile once they are gone.  Detached, in a
     session of its own, on the host: it pins no namespace and is nobody's
     child.  A failure to start it costs only that care: it is not an error."""
-    argv = [paths.sidecar(), "aftercare", "--pid", str(sidecar.pid),
-            "--profile-dir", profile.dir, "--life-fd", str(sidecar.life_fd),
-            "--config", config_path]
+    netns = sidecar.namespaces[1].removeprefix("net:[").removesuffix("]")
+    argv = [paths.launcher(), "--expect-version", __version__, "aftercare",
+            "--pid", str(sidecar.pid), "--netns", netns, "--profile-dir", profile.dir,
+            "--life-fd", str(sidecar.life_fd), "--config", config_path]
     log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         _spawn_detached(argv, dict(os.environ), (sidecar.life_fd,), log_fd)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -28,10 +27,13 @@ import (
 // (docs/benchmarks.md): a proxy only needs to read one request head.
 type HTTP struct {
 	Auth *Credentials // nil: no authentication
-	Dial DialFunc     // nil: net.Dialer with DialTimeout
-	Logf func(format string, args ...any)
+	// Resolver resolves the names in requests; nil: net.DefaultResolver,
+	// which inside reads the namespace's resolv.conf.
+	Resolver *net.Resolver
+	Logf     func(format string, args ...any)
 
-	group forward.Group
+	group  forward.Group
+	dialer *dialer
 }
 
 const (
@@ -42,9 +44,7 @@ const (
 // Serve answers clients on l until Close; it returns nil then, or the
 // error that stopped it. It may be called once.
 func (p *HTTP) Serve(l *net.TCPListener) error {
-	if p.Dial == nil {
-		p.Dial = (&net.Dialer{Timeout: DialTimeout}).DialContext
-	}
+	p.dialer = newDialer(p.Resolver)
 	if p.Logf == nil {
 		p.Logf = func(string, ...any) {}
 	}
@@ -227,10 +227,24 @@ func (p *HTTP) authorized(value string) bool {
 	return ok && p.Auth.Match(user, password)
 }
 
-func (p *HTTP) dial(address string) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
-	defer cancel()
-	return p.Dial(ctx, "tcp", address)
+// dial connects to address inside; when it cannot, it answers the client
+// (403 for a destination the proxy never reaches, 502 otherwise) and
+// returns nil.
+func (p *HTTP) dial(c net.Conn, what, address string) *net.TCPConn {
+	out, err := p.dialer.dial(p.group.Context(), address)
+	if err == nil {
+		return out
+	}
+	if p.group.Context().Err() != nil {
+		return nil // closing: the client's connection is being closed too
+	}
+	p.Logf("http proxy: %s: %v", what, err)
+	if errors.Is(err, ErrNotAllowed) {
+		respond(c, 403, "Forbidden", "wg-wrap proxy: "+err.Error())
+	} else {
+		respond(c, 502, "Bad Gateway", "wg-wrap proxy: "+err.Error())
+	}
+	return nil
 }
 
 // early passes on the bytes the client sent after its head, which r has
@@ -253,10 +267,8 @@ func (p *HTTP) connect(c net.Conn, r *bufio.Reader, target string) {
 		respond(c, 400, "Bad Request", "CONNECT needs host:port")
 		return
 	}
-	out, err := p.dial(target)
-	if err != nil {
-		p.Logf("http proxy: CONNECT %s: %v", target, err)
-		respond(c, 502, "Bad Gateway", "wg-wrap proxy: "+err.Error())
+	out := p.dial(c, "CONNECT "+target, target)
+	if out == nil {
 		return
 	}
 	if !p.group.Add(out) {
@@ -310,10 +322,8 @@ func (p *HTTP) forward(c net.Conn, r *bufio.Reader, req *head) {
 		respond(c, 400, "Bad Request", "wg-wrap proxy: "+err.Error())
 		return
 	}
-	out, err := p.dial(hostport)
-	if err != nil {
-		p.Logf("http proxy: %s %s: %v", req.first[0], req.first[1], err)
-		respond(c, 502, "Bad Gateway", "wg-wrap proxy: "+err.Error())
+	out := p.dial(c, req.first[0]+" "+req.first[1], hostport)
+	if out == nil {
 		return
 	}
 	if !p.group.Add(out) {

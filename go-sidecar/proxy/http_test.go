@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -20,23 +19,14 @@ import (
 	"wg-wrap/go-sidecar/internal/testutil"
 )
 
-func startHTTP(t *testing.T, auth *Credentials) (*HTTP, string, chan string) {
+func startHTTP(t *testing.T, auth *Credentials) (*HTTP, string, *fakeDNS) {
 	t.Helper()
 	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dialed := make(chan string, 100)
-	p := &HTTP{Auth: auth, Logf: t.Logf}
-	p.Dial = func(ctx context.Context, network, address string) (net.Conn, error) {
-		dialed <- address
-		host, port, _ := net.SplitHostPort(address)
-		if host == "origin.test" {
-			address = net.JoinHostPort("127.0.0.1", port)
-		}
-		var d net.Dialer
-		return d.DialContext(ctx, network, address)
-	}
+	resolver, dns := testResolver(testNames)
+	p := &HTTP{Auth: auth, Logf: t.Logf, Resolver: resolver}
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(l) }()
 	t.Cleanup(func() {
@@ -45,18 +35,32 @@ func startHTTP(t *testing.T, auth *Credentials) (*HTTP, string, chan string) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return p, l.Addr().String(), dialed
+	return p, l.Addr().String(), dns
+}
+
+// listenPeer listens on the peer's address, the far side of the tunnel.
+func listenPeer(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(peer4, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
 }
 
 // origin answers with what it received: the request line and headers.
 func origin(t *testing.T) netip.AddrPort {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s host=%s\n", r.Method, r.RequestURI, r.Host)
 		for _, h := range []string{"Proxy-Authorization", "Proxy-Connection", "X-Forwarded-For", "Accept-Encoding"} {
 			fmt.Fprintf(w, "%s=%q\n", h, r.Header.Get(h))
 		}
 	}))
+	srv.Listener.Close()
+	srv.Listener = listenPeer(t)
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return netip.MustParseAddrPort(strings.TrimPrefix(srv.URL, "http://"))
 }
@@ -67,7 +71,7 @@ func basic(c *Credentials) string {
 
 func TestHTTPAbsoluteURIWithBasicAuth(t *testing.T) {
 	o := origin(t)
-	_, addr, dialed := startHTTP(t, testAuth)
+	_, addr, dns := startHTTP(t, testAuth)
 	proxyURL := &url.URL{Scheme: "http", Host: addr, User: url.UserPassword(testAuth.User, testAuth.Password)}
 	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL), DisableCompression: true}, Timeout: 10 * time.Second}
 	target := fmt.Sprintf("http://origin.test:%d/path?q=1", o.Port())
@@ -87,8 +91,8 @@ func TestHTTPAbsoluteURIWithBasicAuth(t *testing.T) {
 			t.Errorf("origin saw %s", text)
 		}
 	}
-	if got := <-dialed; got != fmt.Sprintf("origin.test:%d", o.Port()) {
-		t.Fatalf("dialed %q: the name must be resolved inside", got)
+	if dns.Asked("origin.test") == 0 {
+		t.Fatal("the tunnel's DNS was not asked for origin.test: the name must be resolved inside")
 	}
 	// Without credentials, or with wrong ones: 407 and a challenge.
 	for _, user := range []*url.Userinfo{nil, url.UserPassword("alice", "wrong")} {
@@ -135,7 +139,7 @@ func TestHTTPConnect(t *testing.T) {
 
 func TestHTTPRefusals(t *testing.T) {
 	_, addr, _ := startHTTP(t, nil)
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	l := listenPeer(t)
 	closed := l.Addr().String()
 	l.Close()
 	for _, tc := range []struct {
@@ -187,11 +191,7 @@ func TestSplitAbsolute(t *testing.T) {
 // optional interim answer.
 func rawOrigin(t *testing.T, interim bool) netip.AddrPort {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := listenPeer(t)
 	go func() {
 		c, err := l.Accept()
 		if err != nil {

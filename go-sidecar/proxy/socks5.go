@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"syscall"
 	"time"
@@ -13,18 +12,9 @@ import (
 	"wg-wrap/go-sidecar/forward"
 )
 
-const (
-	// HandshakeTimeout bounds the negotiation, up to the request; the
-	// relayed connection itself has no deadline.
-	HandshakeTimeout = 10 * time.Second
-	// DialTimeout bounds a connection attempt through the tunnel.
-	DialTimeout = 30 * time.Second
-)
-
-// DialFunc opens a connection inside the namespace (net.Dialer.DialContext:
-// the sidecar lives there, and names resolve through the namespace's own
-// /etc/resolv.conf, through the tunnel).
-type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+// HandshakeTimeout bounds the negotiation, up to the request; the relayed
+// connection itself has no deadline.
+const HandshakeTimeout = 10 * time.Second
 
 // SOCKS5 is a SOCKS5 server (RFC 1928): CONNECT and UDP ASSOCIATE, with
 // username/password authentication (RFC 1929) when Auth is set. BIND is
@@ -34,15 +24,16 @@ type SOCKS5 struct {
 	// Relay is the UDP socket of UDP ASSOCIATE, opened on the host on the
 	// proxy's own address; nil refuses UDP ASSOCIATE.
 	Relay *net.UDPConn
-	Dial  DialFunc // nil: net.Dialer with DialTimeout
+	// Resolver resolves the names in requests and datagrams; nil:
+	// net.DefaultResolver, which inside reads the namespace's resolv.conf.
+	Resolver *net.Resolver
 	// ListenUDP opens an association's socket inside; nil: net.ListenUDP.
 	ListenUDP func() (*net.UDPConn, error)
-	// LookupIP resolves the names in UDP datagrams; nil: net.DefaultResolver.
-	LookupIP func(ctx context.Context, host string) (netip.Addr, error)
-	Logf     func(format string, args ...any)
+	Logf      func(format string, args ...any)
 
-	group forward.Group
-	relay *udpRelay
+	group  forward.Group
+	dialer *dialer
+	relay  *udpRelay
 }
 
 // Serve answers clients on l until Close; it returns nil then, or the
@@ -74,20 +65,9 @@ func (s *SOCKS5) Close() error {
 func (s *SOCKS5) Conns() int { return s.group.Len() }
 
 func (s *SOCKS5) setDefaults() {
-	if s.Dial == nil {
-		s.Dial = (&net.Dialer{Timeout: DialTimeout}).DialContext
-	}
+	s.dialer = newDialer(s.Resolver)
 	if s.ListenUDP == nil {
 		s.ListenUDP = func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) }
-	}
-	if s.LookupIP == nil {
-		s.LookupIP = func(ctx context.Context, host string) (netip.Addr, error) {
-			addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-			if err != nil {
-				return netip.Addr{}, err
-			}
-			return addrs[0].Unmap(), nil
-		}
 	}
 	if s.Logf == nil {
 		s.Logf = func(string, ...any) {}
@@ -167,10 +147,11 @@ func (s *SOCKS5) negotiate(c net.Conn) error {
 }
 
 func (s *SOCKS5) connect(c net.Conn, dst Addr) {
-	ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
-	out, err := s.Dial(ctx, "tcp", dst.String())
-	cancel()
+	out, err := s.dialer.dial(s.group.Context(), dst.String())
 	if err != nil {
+		if s.group.Context().Err() == nil { // not merely closing
+			s.Logf("socks5: CONNECT %v: %v", dst, err)
+		}
 		c.Write(replyMessage(replyCode(err), Addr{}))
 		return
 	}
@@ -195,6 +176,8 @@ func (s *SOCKS5) connect(c net.Conn, dst Addr) {
 func replyCode(err error) byte {
 	var dnsErr *net.DNSError
 	switch {
+	case errors.Is(err, ErrNotAllowed):
+		return repNotAllowed
 	case errors.As(err, &dnsErr):
 		return repHostUnreachable
 	case errors.Is(err, syscall.ECONNREFUSED):

@@ -19,8 +19,8 @@ const (
 	// answers come only from those (see relayAnswers).
 	maxDestinations = 1024
 	// maxNames is the size of an association's name cache.
-	maxNames     = 64
-	lookupTimout = 5 * time.Second
+	maxNames      = 64
+	lookupTimeout = 5 * time.Second
 )
 
 // udpRelay serves every association of one proxy over its one relay socket
@@ -48,9 +48,10 @@ type association struct {
 	done     chan struct{}
 	once     sync.Once
 
-	mu    sync.Mutex
-	sent  map[netip.AddrPort]bool // destinations the client has sent to
-	names map[string]netip.Addr
+	mu      sync.Mutex
+	sent    map[netip.AddrPort]bool // destinations the client has sent to
+	names   map[string]netip.Addr   // used by send only
+	refused bool                    // a destination was not allowed (logged once); send only
 }
 
 func newUDPRelay(s *SOCKS5) *udpRelay {
@@ -177,9 +178,16 @@ func (a *association) send() {
 		}
 		ip := dst.IP
 		if dst.Name != "" {
-			if ip, err = a.lookup(dst.Name); err != nil {
-				continue
+			ip, err = a.lookup(dst.Name)
+		} else {
+			err = checkDestination(ip)
+		}
+		if err != nil {
+			if errors.Is(err, ErrNotAllowed) && !a.refused {
+				a.refused = true // said once per association
+				a.relay.s.Logf("socks5: UDP from %v: %v", a.clientIP, err)
 			}
+			continue
 		}
 		to := netip.AddrPortFrom(ip, dst.Port)
 		a.mu.Lock()
@@ -195,9 +203,9 @@ func (a *association) lookup(name string) (netip.Addr, error) {
 	if ip, ok := a.names[name]; ok {
 		return ip, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lookupTimout)
+	ctx, cancel := context.WithTimeout(a.relay.s.group.Context(), lookupTimeout)
 	defer cancel()
-	ip, err := a.relay.s.LookupIP(ctx, name)
+	ip, err := a.relay.s.dialer.lookup(ctx, name)
 	if err != nil {
 		return netip.Addr{}, err
 	}

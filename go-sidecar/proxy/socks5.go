@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 	"time"
@@ -22,8 +23,14 @@ const HandshakeTimeout = 10 * time.Second
 type SOCKS5 struct {
 	Auth *Credentials // nil: no authentication
 	// Relay is the UDP socket of UDP ASSOCIATE, opened on the host on the
-	// proxy's own address; nil refuses UDP ASSOCIATE.
+	// proxy's own address; without it, or without Owners, UDP ASSOCIATE
+	// is refused.
 	Relay *net.UDPConn
+	// Owners tells who holds the host's sockets (NewOwners, over a
+	// NETLINK_SOCK_DIAG socket opened on the host); UDP ASSOCIATE needs it
+	// besides Relay: datagrams pass only from and to a socket of the user
+	// who holds the association's control connection. Serve takes it over.
+	Owners *Owners
 	// Resolver resolves the names in requests and datagrams; nil:
 	// net.DefaultResolver, which inside reads the namespace's resolv.conf.
 	Resolver *net.Resolver
@@ -33,6 +40,7 @@ type SOCKS5 struct {
 
 	group  forward.Group
 	dialer *dialer
+	owners ownerLookup // Owners, or a test's stand-in
 	relay  *udpRelay
 }
 
@@ -45,12 +53,20 @@ func (s *SOCKS5) Serve(l *net.TCPListener) error {
 		if s.Relay != nil {
 			s.Relay.Close()
 		}
+		if s.Owners != nil {
+			s.Owners.Close()
+		}
 		return nil
 	}
+	if s.Owners != nil {
+		s.group.Add(s.Owners)
+	}
 	if s.Relay != nil {
-		s.relay = newUDPRelay(s)
 		s.group.Add(s.Relay)
-		s.group.Go(s.relay.serve)
+		if s.owners != nil {
+			s.relay = newUDPRelay(s)
+			s.group.Go(s.relay.serve)
+		}
 	}
 	return s.group.Serve(l, func(c *net.TCPConn) { s.handle(c) }, s.Logf)
 }
@@ -66,6 +82,9 @@ func (s *SOCKS5) Conns() int { return s.group.Len() }
 
 func (s *SOCKS5) setDefaults() {
 	s.dialer = newDialer(s.Resolver)
+	if s.owners == nil && s.Owners != nil {
+		s.owners = s.Owners
+	}
 	if s.ListenUDP == nil {
 		s.ListenUDP = func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) }
 	}
@@ -207,13 +226,6 @@ func (s *SOCKS5) associate(c net.Conn, declared Addr) {
 		return
 	}
 	client := remote.AddrPort()
-	a, err := s.relay.associate(client.Addr().Unmap(), declared.Port)
-	if err != nil {
-		s.Logf("socks5: UDP ASSOCIATE from %v: %v", client, err)
-		c.Write(replyMessage(repGeneralFailure, Addr{}))
-		return
-	}
-	defer a.close()
 	// The relay's address as the client reached the proxy: the relay socket
 	// is bound to the proxy's own address (or the same wildcard).
 	bound := s.Relay.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -221,6 +233,22 @@ func (s *SOCKS5) associate(c net.Conn, declared Addr) {
 	if ip.IsUnspecified() {
 		ip = local.AddrPort().Addr().Unmap()
 	}
+	relayAt := netip.AddrPortFrom(ip, bound.Port())
+	// Who holds the client's end of the control connection: its datagrams
+	// must come from a socket of the same user.
+	owner, err := s.owners.TCP(client, local.AddrPort())
+	if err != nil {
+		s.Logf("socks5: UDP ASSOCIATE from %v: %v", client, err)
+		c.Write(replyMessage(repGeneralFailure, Addr{}))
+		return
+	}
+	a, err := s.relay.associate(client, owner, relayAt, declared.Port)
+	if err != nil {
+		s.Logf("socks5: UDP ASSOCIATE from %v: %v", client, err)
+		c.Write(replyMessage(repGeneralFailure, Addr{}))
+		return
+	}
+	defer a.close()
 	if _, err := c.Write(replyMessage(repSucceeded, Addr{IP: ip, Port: bound.Port()})); err != nil {
 		return
 	}

@@ -52,6 +52,7 @@ func startSOCKS(t *testing.T, auth *Credentials, udp bool) *testServer {
 		if err != nil {
 			t.Fatal(err)
 		}
+		ts.Owners = testOwners(t)
 	}
 	done := make(chan error, 1)
 	go func() { done <- ts.Serve(l) }()

@@ -22,7 +22,7 @@ type Owner struct {
 
 func (o Owner) String() string {
 	if !o.Local {
-		return "no socket of this host"
+		return "nobody on this host"
 	}
 	return fmt.Sprintf("uid %d", o.UID)
 }

@@ -187,7 +187,7 @@ func (a *association) dropStranger(addr netip.AddrPort, owner Owner) {
 	a.stranger = true
 	a.mu.Unlock()
 	if !said {
-		a.relay.s.Logf("socks5: UDP from %v dropped: its socket is %v's, the association %v's", addr, owner, a.owner)
+		a.relay.s.Logf("socks5: UDP association held by %v: the socket at %v is held by %v: datagram dropped", a.owner, addr, owner)
 	}
 }
 

@@ -12,7 +12,7 @@ package main
 //
 //	{"op": "publish", "proto": "tcp"|"udp", "port": 80}     + the host socket
 //	{"op": "unpublish", "proto": "tcp"|"udp", "host_port": 8080}
-//	{"op": "socks", "user": "...", "password": "..."}        + listener [+ UDP relay socket]
+//	{"op": "socks", "user": "...", "password": "..."}        + listener [+ UDP relay socket + NETLINK_SOCK_DIAG socket]
 //	{"op": "http-proxy", "user": "...", "password": "..."}   + listener
 //	{"op": "list"}
 
@@ -230,8 +230,8 @@ func (c *control) handle(msg []byte, files []*os.File) controlReply {
 		return controlReply{Error: fmt.Sprintf("unknown op %q", req.Op)}
 	case n >= 0 && len(files) != n:
 		return controlReply{Error: fmt.Sprintf("%s takes %d socket(s), got %d", req.Op, n, len(files))}
-	case n < 0 && (len(files) < 1 || len(files) > 2):
-		return controlReply{Error: fmt.Sprintf("%s takes a listener and an optional UDP relay socket, got %d", req.Op, len(files))}
+	case n < 0 && (len(files) < 1 || len(files) > 3):
+		return controlReply{Error: fmt.Sprintf("%s takes a listener, then optionally a UDP relay socket and a NETLINK_SOCK_DIAG socket, got %d", req.Op, len(files))}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -320,12 +320,19 @@ func (c *control) startSOCKS(req controlRequest, files []*os.File) (controlReply
 	}
 	s := &proxy.SOCKS5{Auth: credentials(req), Logf: c.logger.Verbosef}
 	at := []string{l.Addr().String()}
-	if len(files) == 2 {
+	if len(files) >= 2 {
 		if s.Relay, err = udpSocket(files[1]); err != nil {
 			l.Close()
 			return controlReply{}, fmt.Errorf("socks relay: %w", err)
 		}
 		at = append(at, s.Relay.LocalAddr().String())
+	}
+	if len(files) == 3 { // without it, UDP ASSOCIATE is refused
+		if s.Owners, err = proxy.NewOwners(files[2]); err != nil {
+			l.Close()
+			s.Relay.Close()
+			return controlReply{}, fmt.Errorf("socks sock_diag socket: %w", err)
+		}
 	}
 	c.socks, c.socksAt = s, at
 	c.run(socksServer{s, l}, "SOCKS5 proxy")

@@ -24,6 +24,7 @@ from wg_wrap.reach import IPAddress, PortSpec, ProxySpec, ReachRequest
 from wg_wrap.runtime import Profile, State
 
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+NETLINK_SOCK_DIAG = 4  # <linux/netlink.h>; the socket module has no name for it
 
 
 @dataclass
@@ -32,7 +33,8 @@ class HostSockets:
     the sidecar has its own copies)."""
 
     publish: list[tuple[PortSpec, socket.socket]] = field(default_factory=list)
-    socks: tuple[ProxySpec, socket.socket, socket.socket] | None = None  # listener, UDP relay
+    # listener, UDP relay, NETLINK_SOCK_DIAG (who owns a client's socket)
+    socks: tuple[ProxySpec, socket.socket, socket.socket, socket.socket] | None = None
     http: tuple[ProxySpec, socket.socket] | None = None
 
     def sockets(self) -> list[socket.socket]:
@@ -123,7 +125,17 @@ def open_host_sockets(req: ReachRequest | None) -> HostSockets:
             except BaseException:
                 listener.close()
                 raise
-            opened.socks = (actual_socks, listener, relay)
+            try:
+                # The relay asks the kernel who owns a client's sockets: a
+                # datagram passes only from the user who holds the UDP
+                # ASSOCIATE's connection. On the host, like the sockets it
+                # asks about.
+                diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+            except OSError as e:
+                listener.close()
+                relay.close()
+                raise SetupError(f"cannot open a NETLINK_SOCK_DIAG socket: {e.strerror}") from e
+            opened.socks = (actual_socks, listener, relay, diag)
         if req.http_proxy:
             listener = listen_tcp(req.http_proxy.host, req.http_proxy.port, "HTTP proxy")
             opened.http = (ProxySpec(req.http_proxy.host, _bound_port(listener)), listener)
@@ -151,10 +163,11 @@ def hand_over(
     try:
         _publish_all(client, opened.publish, state.published, verbose)
         if opened.socks:
-            spec, listener, relay = opened.socks
+            spec, listener, relay, diag = opened.socks
             trace(verbose, f"SOCKS5 proxy on {spec}")
             reply = client.request(
-                {"op": "socks", **_auth_fields(req)}, [listener.fileno(), relay.fileno()]
+                {"op": "socks", **_auth_fields(req)},
+                [listener.fileno(), relay.fileno(), diag.fileno()],
             )
             state.socks = str(spec)
             state.socks_udp = str(reply.get("listening", ["", ""])[1])

@@ -293,6 +293,28 @@ func TestTCPCloseEndsRelayedConnections(t *testing.T) {
 	testutil.CheckGoroutines(t, base)
 }
 
+// A program inside that never answers must not hold up Close (unpublish,
+// the sidecar's shutdown) for DialTimeout: Close cancels the dial.
+func TestTCPCloseCancelsADialInFlight(t *testing.T) {
+	base := runtime.NumGoroutine()
+	silent := testutil.SilentListener(t, netip.MustParseAddr("127.0.0.1"))
+	f := NewTCP(listenTCP(t, "127.0.0.1:0"), silent.Port(), t.Logf)
+	done := make(chan error, 1)
+	go func() { done <- f.Serve() }()
+	c := dial(t, f.Addr())
+	defer c.Close()
+	testutil.WaitSynSent(t, silent)
+	start := time.Now()
+	f.Close()
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("Close took %v with a dial in flight", took)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Serve after Close: %v", err)
+	}
+	testutil.CheckGoroutines(t, base)
+}
+
 func startUDP(t *testing.T, to uint16, idle time.Duration) *UDP {
 	t.Helper()
 	host, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})

@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -11,12 +12,31 @@ import (
 
 // Group tracks the goroutines and open connections of one server, so that
 // closing the server ends every connection it relays and returns only once
-// nothing of it runs any more.
+// nothing of it runs any more. What its goroutines wait for besides
+// connections (dials, name lookups) takes the group's Context, which Close
+// cancels: a dial to a destination that never answers must not hold up a
+// shutdown for its whole timeout.
 type Group struct {
 	mu     sync.Mutex
 	open   map[io.Closer]struct{}
 	closed bool
 	wg     sync.WaitGroup
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// Context is done once the group is closed.
+func (g *Group) Context() context.Context {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.initContext()
+	return g.ctx
+}
+
+func (g *Group) initContext() {
+	if g.ctx == nil {
+		g.ctx, g.cancel = context.WithCancel(context.Background())
+	}
 }
 
 // Go runs fn in a new goroutine, unless the group is closed.
@@ -63,13 +83,17 @@ func (g *Group) Len() int {
 	return len(g.open)
 }
 
-// Close closes every recorded connection and waits for the goroutines.
+// Close cancels the group's Context, closes every recorded connection and
+// waits for the goroutines.
 func (g *Group) Close() {
 	g.mu.Lock()
 	g.closed = true
+	g.initContext()
+	cancel := g.cancel
 	open := g.open
 	g.open = nil
 	g.mu.Unlock()
+	cancel()
 	for c := range open {
 		c.Close()
 	}

@@ -56,9 +56,13 @@ func (f *TCP) Conns() int { return f.group.Len() }
 
 func (f *TCP) relay(client *net.TCPConn) {
 	defer f.group.Remove(client)
-	inside, err := DialInside(context.Background(), f.port)
+	// Cancelled by Close: a program inside that never answers must not hold
+	// up unpublish or the sidecar's shutdown for DialTimeout.
+	inside, err := DialInside(f.group.Context(), f.port)
 	if err != nil {
-		f.logf("published port %v: %v", f.Addr(), err)
+		if f.group.Context().Err() == nil { // not merely closing
+			f.logf("published port %v: %v", f.Addr(), err)
+		}
 		// A reset, not an orderly close: the client learns that nobody
 		// answered instead of reading an empty reply.
 		client.SetLinger(0)

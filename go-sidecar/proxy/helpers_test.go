@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -30,14 +31,14 @@ func socketpair(t testing.TB) (net.Conn, net.Conn) {
 	return conns[0], conns[1]
 }
 
-func refuse(context.Context, string, string) (net.Conn, error) {
-	return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
-}
-
 // runHandshake feeds in to a server connection and returns all it answers.
+// What it dials stays in the test's namespace, where only lo is up: a
+// CONNECT to anywhere but the peer's address fails at once, and no name
+// resolves.
 func runHandshake(t testing.TB, auth *Credentials, in []byte) []byte {
-	s := &SOCKS5{Auth: auth, Dial: refuse}
+	s := &SOCKS5{Auth: auth}
 	s.setDefaults()
+	s.dialer.Resolver = nowhere
 	client, server := socketpair(t)
 	defer client.Close()
 	done := make(chan struct{})
@@ -55,3 +56,8 @@ func runHandshake(t testing.TB, auth *Credentials, in []byte) []byte {
 	}
 	return out
 }
+
+// nowhere is a resolver that knows no name and asks no server.
+var nowhere = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+	return nil, errors.New("no nameserver in this test")
+}}

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -17,21 +16,26 @@ import (
 
 // HTTP is an HTTP/1.1 proxy: CONNECT (to any TCP port; the bytes are then
 // relayed as they are) and requests with an absolute http:// URI, one per
-// client connection: the request goes to the origin with its path alone and
-// `Connection: close`, without the proxy's own headers, and the answer comes
-// back as the origin sent it but for `Connection: close`. Bodies, chunked or
-// not, pass through untouched. With Auth set, clients must send
-// Proxy-Authorization: Basic.
+// client connection: the request goes to the origin as HTTP/1.1 with its
+// path alone, the Host of its target and `Connection: close`, without the
+// proxy's own headers, and the answer comes back as the origin sent it but
+// for `Connection: close`. Bodies, chunked or not, pass through untouched,
+// but to an HTTP/1.0 client, which cannot read chunked: it gets the body
+// de-chunked, ended by the close, and no interim (1xx) answers. With Auth
+// set, clients must send Proxy-Authorization: Basic.
 //
 // It is written on the socket rather than with net/http, which would cost
 // every sidecar ~2.7 MiB of memory from its start, proxy or not
 // (docs/benchmarks.md): a proxy only needs to read one request head.
 type HTTP struct {
 	Auth *Credentials // nil: no authentication
-	Dial DialFunc     // nil: net.Dialer with DialTimeout
-	Logf func(format string, args ...any)
+	// Resolver resolves the names in requests; nil: net.DefaultResolver,
+	// which inside reads the namespace's resolv.conf.
+	Resolver *net.Resolver
+	Logf     func(format string, args ...any)
 
-	group forward.Group
+	group  forward.Group
+	dialer *dialer
 }
 
 const (
@@ -42,9 +46,7 @@ const (
 // Serve answers clients on l until Close; it returns nil then, or the
 // error that stopped it. It may be called once.
 func (p *HTTP) Serve(l *net.TCPListener) error {
-	if p.Dial == nil {
-		p.Dial = (&net.Dialer{Timeout: DialTimeout}).DialContext
-	}
+	p.dialer = newDialer(p.Resolver)
 	if p.Logf == nil {
 		p.Logf = func(string, ...any) {}
 	}
@@ -143,17 +145,44 @@ func (h *head) get(name string) string {
 	return ""
 }
 
+// values are the comma-separated values of every header name, in order.
+func (h *head) values(name string) []string {
+	var out []string
+	for _, f := range h.fields {
+		if strings.EqualFold(fieldName(f), name) {
+			for _, v := range strings.Split(fieldValue(f), ",") {
+				if v = strings.TrimSpace(v); v != "" {
+					out = append(out, v)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// setHost replaces every Host header with one, first.
+func (h *head) setHost(authority string) {
+	fields := []string{"Host: " + authority}
+	for _, f := range h.fields {
+		if !strings.EqualFold(fieldName(f), "Host") {
+			fields = append(fields, f)
+		}
+	}
+	h.fields = fields
+}
+
 // hopByHop are the headers that concern one connection, not the message,
 // and the proxy's own: they never travel on; neither do the ones a
-// Connection header names.
+// Connection header names. (Trailer is not one: it announces the fields
+// of a chunked body's trailer, which pass on with the body.)
 var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authorization",
-	"Proxy-Authenticate", "TE", "Trailer", "Upgrade"}
+	"Proxy-Authenticate", "TE", "Upgrade"}
 
 // forwarded writes the head with its first line, its end-to-end headers
-// and `Connection: close`.
-func (h *head) forwarded(first string) []byte {
+// but those named in also, and `Connection: close`.
+func (h *head) forwarded(first string, also ...string) []byte {
 	drop := map[string]bool{}
-	for _, name := range hopByHop {
+	for _, name := range append(hopByHop, also...) {
 		drop[strings.ToLower(name)] = true
 	}
 	for _, f := range h.fields {
@@ -227,10 +256,24 @@ func (p *HTTP) authorized(value string) bool {
 	return ok && p.Auth.Match(user, password)
 }
 
-func (p *HTTP) dial(address string) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
-	defer cancel()
-	return p.Dial(ctx, "tcp", address)
+// dial connects to address inside; when it cannot, it answers the client
+// (403 for a destination the proxy never reaches, 502 otherwise) and
+// returns nil.
+func (p *HTTP) dial(c net.Conn, what, address string) *net.TCPConn {
+	out, err := p.dialer.dial(p.group.Context(), address)
+	if err == nil {
+		return out
+	}
+	if p.group.Context().Err() != nil {
+		return nil // closing: the client's connection is being closed too
+	}
+	p.Logf("http proxy: %s: %v", what, err)
+	if errors.Is(err, ErrNotAllowed) {
+		respond(c, 403, "Forbidden", "wg-wrap proxy: "+err.Error())
+	} else {
+		respond(c, 502, "Bad Gateway", "wg-wrap proxy: "+err.Error())
+	}
+	return nil
 }
 
 // early passes on the bytes the client sent after its head, which r has
@@ -253,10 +296,8 @@ func (p *HTTP) connect(c net.Conn, r *bufio.Reader, target string) {
 		respond(c, 400, "Bad Request", "CONNECT needs host:port")
 		return
 	}
-	out, err := p.dial(target)
-	if err != nil {
-		p.Logf("http proxy: CONNECT %s: %v", target, err)
-		respond(c, 502, "Bad Gateway", "wg-wrap proxy: "+err.Error())
+	out := p.dial(c, "CONNECT "+target, target)
+	if out == nil {
 		return
 	}
 	if !p.group.Add(out) {
@@ -276,10 +317,12 @@ func (p *HTTP) connect(c net.Conn, r *bufio.Reader, target string) {
 	forward.Pipe(c, out)
 }
 
-// splitAbsolute takes http://[user@]host[:port]/path?query apart.
-func splitAbsolute(target string) (hostport, path string, err error) {
+// splitAbsolute takes http://[user@]host[:port]/path?query apart:
+// authority is host[:port] as written (the Host the origin gets), hostport
+// the address to dial (port 80 by default).
+func splitAbsolute(target string) (authority, hostport, path string, err error) {
 	rest := target[len("http://"):]
-	authority, path := rest, "/"
+	authority, path = rest, "/"
 	if i := strings.IndexAny(rest, "/?"); i >= 0 {
 		authority, path = rest[:i], rest[i:]
 		if path[0] == '?' {
@@ -294,26 +337,24 @@ func splitAbsolute(target string) (hostport, path string, err error) {
 		host, port = strings.TrimSuffix(strings.TrimPrefix(authority, "["), "]"), "80"
 	}
 	if host == "" {
-		return "", "", fmt.Errorf("no host in %q", target)
+		return "", "", "", fmt.Errorf("no host in %q", target)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return "", "", fmt.Errorf("bad port in %q", target)
+		return "", "", "", fmt.Errorf("bad port in %q", target)
 	}
-	return net.JoinHostPort(host, port), path, nil
+	return authority, net.JoinHostPort(host, port), path, nil
 }
 
 // forward sends one request with an absolute URI to its origin, inside, and
 // its answer back.
 func (p *HTTP) forward(c net.Conn, r *bufio.Reader, req *head) {
-	hostport, path, err := splitAbsolute(req.first[1])
+	authority, hostport, path, err := splitAbsolute(req.first[1])
 	if err != nil {
 		respond(c, 400, "Bad Request", "wg-wrap proxy: "+err.Error())
 		return
 	}
-	out, err := p.dial(hostport)
-	if err != nil {
-		p.Logf("http proxy: %s %s: %v", req.first[0], req.first[1], err)
-		respond(c, 502, "Bad Gateway", "wg-wrap proxy: "+err.Error())
+	out := p.dial(c, req.first[0]+" "+req.first[1], hostport)
+	if out == nil {
 		return
 	}
 	if !p.group.Add(out) {
@@ -322,10 +363,13 @@ func (p *HTTP) forward(c net.Conn, r *bufio.Reader, req *head) {
 	}
 	defer p.group.Remove(out)
 	defer out.Close()
-	if req.get("Host") == "" {
-		req.fields = append(req.fields, "Host: "+hostport)
-	}
+	// RFC 9112, section 3.2.2: a proxy ignores the Host it received with an
+	// absolute URI and sends the URI's own.
+	req.setHost(authority)
 	c.SetDeadline(time.Time{})
+	// Sent as HTTP/1.1 whatever the client's version (RFC 9110, section
+	// 2.5: an intermediary sends its own version); what an HTTP/1.0 client
+	// cannot read is adapted on the way back.
 	if _, err := out.Write(req.forwarded(req.first[0] + " " + path + " HTTP/1.1")); err != nil {
 		return
 	}
@@ -338,33 +382,98 @@ func (p *HTTP) forward(c net.Conn, r *bufio.Reader, req *head) {
 		io.Copy(out, r)
 		forward.CloseWrite(out)
 	})
+	http10 := req.first[2] == "HTTP/1.0"
 	answer := bufio.NewReader(out)
+	var resp *head
 	for {
-		resp, err := readHead(answer, false)
-		if err != nil {
+		if resp, err = readHead(answer, false); err != nil {
 			respond(c, 502, "Bad Gateway", "wg-wrap proxy: the origin's answer: "+err.Error())
 			return
 		}
-		first := strings.Join(resp.first[:], " ")
-		if strings.HasPrefix(resp.first[1], "1") && resp.first[1] != "101" {
-			// Interim answers (100 Continue) pass as they are; the final one follows.
-			var b strings.Builder
-			for _, line := range append([]string{first}, resp.fields...) {
-				b.WriteString(line + "\r\n")
-			}
-			if _, err := io.WriteString(c, b.String()+"\r\n"); err != nil {
-				return
-			}
-			continue
+		if !strings.HasPrefix(resp.first[1], "1") || resp.first[1] == "101" {
+			break
 		}
-		if _, err := c.Write(resp.forwarded(strings.TrimRight(first, " "))); err != nil {
+		if http10 {
+			continue // HTTP/1.0 has no interim answers (RFC 9110, section 15.2)
+		}
+		// Interim answers (100 Continue) pass as they are; the final one follows.
+		var b strings.Builder
+		for _, line := range append([]string{strings.Join(resp.first[:], " ")}, resp.fields...) {
+			b.WriteString(line + "\r\n")
+		}
+		if _, err := io.WriteString(c, b.String()+"\r\n"); err != nil {
 			return
 		}
-		break
 	}
-	if early(answer, c) != nil {
+	first := strings.TrimRight(strings.Join(resp.first[:], " "), " ")
+	codings := resp.values("Transfer-Encoding")
+	if !http10 || len(codings) == 0 {
+		if _, err := c.Write(resp.forwarded(first)); err != nil {
+			return
+		}
+		if early(answer, c) != nil {
+			return
+		}
+		answer.Discard(answer.Buffered())
+		io.Copy(c, answer) // the rest, until the origin closes: spliced from out
 		return
 	}
-	answer.Discard(answer.Buffered())
-	io.Copy(c, answer) // the rest, until the origin closes: spliced from out
+	// An HTTP/1.0 client gets no Transfer-Encoding (RFC 9112, section 6.1):
+	// the body de-chunked, ended by the close, and without the trailer
+	// (nor the Trailer header announcing it).
+	withBody := req.first[0] != "HEAD" && resp.first[1] != "204" && resp.first[1] != "304"
+	if withBody && (len(codings) != 1 || !strings.EqualFold(codings[0], "chunked")) {
+		respond(c, 502, "Bad Gateway", fmt.Sprintf(
+			"wg-wrap proxy: the origin sent transfer-coding %q, which an HTTP/1.0 client cannot read",
+			strings.Join(codings, ", ")))
+		return
+	}
+	if _, err := c.Write(resp.forwarded(first, "Transfer-Encoding", "Trailer", "Content-Length")); err != nil {
+		return
+	}
+	if withBody {
+		if err := dechunk(c, answer); err != nil {
+			p.Logf("http proxy: %s %s: the origin's chunked body: %v", req.first[0], req.first[1], err)
+		}
+	}
+}
+
+// dechunk copies a chunked body (RFC 9112, section 7.1) from r to w as the
+// bytes it carries; the trailer section is read and dropped.
+func dechunk(w io.Writer, r *bufio.Reader) error {
+	line := func() (string, error) {
+		b, err := r.ReadSlice('\n') // at most the reader's buffer: bounded
+		if err != nil {
+			return "", err
+		}
+		return strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"), nil
+	}
+	for {
+		text, err := line()
+		if err != nil {
+			return fmt.Errorf("chunk size: %w", err)
+		}
+		sizeText, _, _ := strings.Cut(text, ";") // chunk extensions are ignored
+		size, err := strconv.ParseUint(strings.TrimRight(sizeText, " \t"), 16, 62)
+		if err != nil {
+			return fmt.Errorf("chunk size %q", text)
+		}
+		if size == 0 {
+			for n := 0; ; n++ { // the trailer section, up to its blank line
+				text, err := line()
+				if err != nil || n > maxHeadLines {
+					return fmt.Errorf("trailer section: %v", err)
+				}
+				if text == "" {
+					return nil
+				}
+			}
+		}
+		if _, err := io.CopyN(w, r, int64(size)); err != nil {
+			return err
+		}
+		if text, err := line(); err != nil || text != "" {
+			return fmt.Errorf("no CRLF after a chunk's data: %q %v", text, err)
+		}
+	}
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -20,23 +19,14 @@ import (
 	"wg-wrap/go-sidecar/internal/testutil"
 )
 
-func startHTTP(t *testing.T, auth *Credentials) (*HTTP, string, chan string) {
+func startHTTP(t *testing.T, auth *Credentials) (*HTTP, string, *fakeDNS) {
 	t.Helper()
 	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dialed := make(chan string, 100)
-	p := &HTTP{Auth: auth, Logf: t.Logf}
-	p.Dial = func(ctx context.Context, network, address string) (net.Conn, error) {
-		dialed <- address
-		host, port, _ := net.SplitHostPort(address)
-		if host == "origin.test" {
-			address = net.JoinHostPort("127.0.0.1", port)
-		}
-		var d net.Dialer
-		return d.DialContext(ctx, network, address)
-	}
+	resolver, dns := testResolver(testNames)
+	p := &HTTP{Auth: auth, Logf: t.Logf, Resolver: resolver}
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(l) }()
 	t.Cleanup(func() {
@@ -45,18 +35,32 @@ func startHTTP(t *testing.T, auth *Credentials) (*HTTP, string, chan string) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return p, l.Addr().String(), dialed
+	return p, l.Addr().String(), dns
+}
+
+// listenPeer listens on the peer's address, the far side of the tunnel.
+func listenPeer(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(peer4, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
 }
 
 // origin answers with what it received: the request line and headers.
 func origin(t *testing.T) netip.AddrPort {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s host=%s\n", r.Method, r.RequestURI, r.Host)
 		for _, h := range []string{"Proxy-Authorization", "Proxy-Connection", "X-Forwarded-For", "Accept-Encoding"} {
 			fmt.Fprintf(w, "%s=%q\n", h, r.Header.Get(h))
 		}
 	}))
+	srv.Listener.Close()
+	srv.Listener = listenPeer(t)
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return netip.MustParseAddrPort(strings.TrimPrefix(srv.URL, "http://"))
 }
@@ -67,7 +71,7 @@ func basic(c *Credentials) string {
 
 func TestHTTPAbsoluteURIWithBasicAuth(t *testing.T) {
 	o := origin(t)
-	_, addr, dialed := startHTTP(t, testAuth)
+	_, addr, dns := startHTTP(t, testAuth)
 	proxyURL := &url.URL{Scheme: "http", Host: addr, User: url.UserPassword(testAuth.User, testAuth.Password)}
 	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL), DisableCompression: true}, Timeout: 10 * time.Second}
 	target := fmt.Sprintf("http://origin.test:%d/path?q=1", o.Port())
@@ -87,8 +91,8 @@ func TestHTTPAbsoluteURIWithBasicAuth(t *testing.T) {
 			t.Errorf("origin saw %s", text)
 		}
 	}
-	if got := <-dialed; got != fmt.Sprintf("origin.test:%d", o.Port()) {
-		t.Fatalf("dialed %q: the name must be resolved inside", got)
+	if dns.Asked("origin.test") == 0 {
+		t.Fatal("the tunnel's DNS was not asked for origin.test: the name must be resolved inside")
 	}
 	// Without credentials, or with wrong ones: 407 and a challenge.
 	for _, user := range []*url.Userinfo{nil, url.UserPassword("alice", "wrong")} {
@@ -135,7 +139,7 @@ func TestHTTPConnect(t *testing.T) {
 
 func TestHTTPRefusals(t *testing.T) {
 	_, addr, _ := startHTTP(t, nil)
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	l := listenPeer(t)
 	closed := l.Addr().String()
 	l.Close()
 	for _, tc := range []struct {
@@ -163,21 +167,21 @@ func TestHTTPRefusals(t *testing.T) {
 }
 
 func TestSplitAbsolute(t *testing.T) {
-	for target, want := range map[string][2]string{
-		"http://origin.test/a?b":          {"origin.test:80", "/a?b"},
-		"http://origin.test":              {"origin.test:80", "/"},
-		"HTTP://origin.test:8080?x=1":     {"origin.test:8080", "/?x=1"},
-		"http://user:pw@origin.test:81/p": {"origin.test:81", "/p"},
-		"http://[::1]:8080/v6":            {"[::1]:8080", "/v6"},
-		"http://[::1]/v6":                 {"[::1]:80", "/v6"},
+	for target, want := range map[string][3]string{
+		"http://origin.test/a?b":          {"origin.test", "origin.test:80", "/a?b"},
+		"http://origin.test":              {"origin.test", "origin.test:80", "/"},
+		"HTTP://origin.test:8080?x=1":     {"origin.test:8080", "origin.test:8080", "/?x=1"},
+		"http://user:pw@origin.test:81/p": {"origin.test:81", "origin.test:81", "/p"},
+		"http://[::1]:8080/v6":            {"[::1]:8080", "[::1]:8080", "/v6"},
+		"http://[::1]/v6":                 {"[::1]", "[::1]:80", "/v6"},
 	} {
-		hostport, path, err := splitAbsolute(target)
-		if err != nil || [2]string{hostport, path} != want {
-			t.Errorf("splitAbsolute(%q) = %q, %q, %v; want %q", target, hostport, path, err, want)
+		authority, hostport, path, err := splitAbsolute(target)
+		if err != nil || [3]string{authority, hostport, path} != want {
+			t.Errorf("splitAbsolute(%q) = %q, %q, %q, %v; want %q", target, authority, hostport, path, err, want)
 		}
 	}
 	for _, bad := range []string{"http:///nohost", "http://origin.test:0/", "http://origin.test:99999/"} {
-		if _, _, err := splitAbsolute(bad); err == nil {
+		if _, _, _, err := splitAbsolute(bad); err == nil {
 			t.Errorf("splitAbsolute(%q) accepted", bad)
 		}
 	}
@@ -187,11 +191,7 @@ func TestSplitAbsolute(t *testing.T) {
 // optional interim answer.
 func rawOrigin(t *testing.T, interim bool) netip.AddrPort {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := listenPeer(t)
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
@@ -301,4 +301,140 @@ func FuzzReadHead(f *testing.F) {
 			t.Fatalf("forwarded head %q", out)
 		}
 	})
+}
+
+// ask sends one raw request to the proxy at addr and returns all it answers
+// (the proxy closes after one answer).
+func ask(t *testing.T, addr, request string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, request)
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(got)
+}
+
+// The origin gets the Host of the URI it is asked for, whatever Host the
+// client sent (RFC 9112, section 3.2.2): one Host, first.
+func TestHTTPHostIsTheTargetsAuthority(t *testing.T) {
+	_, addr, _ := startHTTP(t, nil)
+	for _, tc := range []struct{ uri, hosts, want string }{
+		{"http://origin.test:PORT/a", "Host: evil.test\r\n", "origin.test:PORT"},
+		{"http://u:pw@origin.test:PORT/", "Host: evil.test\r\nHost: other.test\r\n", "origin.test:PORT"},
+		{"http://PEER:PORT/", "host: evil.test\r\n", "PEER:PORT"},
+		{"http://origin.test:PORT/", "", "origin.test:PORT"},
+	} {
+		o := rawOrigin(t, false)
+		fill := strings.NewReplacer("PORT", strconv.Itoa(int(o.Port())), "PEER", peer4.String()).Replace
+		uri := fill(tc.uri)
+		text := ask(t, addr, "GET "+uri+" HTTP/1.1\r\nX-Before: 1\r\n"+tc.hosts+"X-After: 2\r\n\r\n")
+		want := "\nHost: " + fill(tc.want) + "\nX-Before: 1\nX-After: 2\nConnection: close\n"
+		if !strings.Contains(text, want) || strings.Contains(text, "evil") || strings.Contains(text, "other") {
+			t.Errorf("%s with %q: the origin saw\n%s\nwant %q", uri, tc.hosts, text, want)
+		}
+	}
+}
+
+// chunkingOrigin answers one request with a chunked body and a trailer,
+// announced by a Trailer header, after an interim 100 Continue.
+func chunkingOrigin(t *testing.T) netip.AddrPort {
+	t.Helper()
+	l := listenPeer(t)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := readHead(bufio.NewReader(c), true); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nX-Origin: yes\r\n\r\n"+
+			"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Checksum: 42\r\n\r\n")
+	}()
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+func TestHTTP11ClientsGetTheChunkedBodyAndItsTrailerAsSent(t *testing.T) {
+	o := chunkingOrigin(t)
+	_, addr, _ := startHTTP(t, nil)
+	text := ask(t, addr, fmt.Sprintf("GET http://origin.test:%d/ HTTP/1.1\r\n\r\n", o.Port()))
+	want := "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" +
+		"Trailer: X-Checksum\r\nX-Origin: yes\r\nConnection: close\r\n\r\n" +
+		"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Checksum: 42\r\n\r\n"
+	if text != want {
+		t.Fatalf("got\n%q\nwant\n%q", text, want)
+	}
+}
+
+// An HTTP/1.0 client cannot read chunked (RFC 9112, section 6.1) nor
+// interim answers: it gets the body de-chunked, ended by the close.
+func TestHTTP10ClientsGetTheBodyDechunked(t *testing.T) {
+	o := chunkingOrigin(t)
+	_, addr, _ := startHTTP(t, nil)
+	text := ask(t, addr, fmt.Sprintf("GET http://origin.test:%d/ HTTP/1.0\r\n\r\n", o.Port()))
+	want := "HTTP/1.1 200 OK\r\nX-Origin: yes\r\nConnection: close\r\n\r\nhello, world"
+	if text != want {
+		t.Fatalf("got\n%q\nwant\n%q", text, want)
+	}
+}
+
+// The same with net/http as the origin, which chunks an answer of unknown
+// length to an HTTP/1.1 request, as the proxy sends it.
+func TestHTTP10ClientsAndARealChunkingOrigin(t *testing.T) {
+	body := strings.Repeat("0123456789abcdef", 4096) // 64 KiB, flushed in pieces
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i < len(body); i += 10000 {
+			io.WriteString(w, body[i:min(i+10000, len(body))])
+			w.(http.Flusher).Flush()
+		}
+	}))
+	srv.Listener.Close()
+	srv.Listener = listenPeer(t)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	_, addr, _ := startHTTP(t, nil)
+	port := netip.MustParseAddrPort(srv.Listener.Addr().String()).Port()
+	for _, version := range []string{"HTTP/1.0", "HTTP/1.1"} {
+		text := ask(t, addr, fmt.Sprintf("GET http://origin.test:%d/ %s\r\n\r\n", port, version))
+		head, got, _ := strings.Cut(text, "\r\n\r\n")
+		chunked := strings.Contains(head, "Transfer-Encoding: chunked")
+		switch {
+		case version == "HTTP/1.1" && !chunked:
+			t.Fatalf("the origin did not chunk: %q", head)
+		case version == "HTTP/1.0" && (chunked || got != body):
+			t.Fatalf("HTTP/1.0: head %q, %d bytes of body (want %d, not chunked)", head, len(got), len(body))
+		}
+	}
+}
+
+func TestDechunk(t *testing.T) {
+	for in, want := range map[string]string{
+		"5\r\nhello\r\n0\r\n\r\n":                    "hello",
+		"A;name=value\r\n0123456789\r\n0\r\n\r\n":    "0123456789",
+		"3 \r\nabc\r\n0\r\nX-A: 1\r\nX-B: 2\r\n\r\n": "abc",
+		"0\r\n\r\nafter":                             "",
+	} {
+		var out strings.Builder
+		if err := dechunk(&out, bufio.NewReader(strings.NewReader(in))); err != nil || out.String() != want {
+			t.Errorf("%q: %q, %v; want %q", in, out.String(), err, want)
+		}
+	}
+	for _, bad := range []string{
+		"", "zz\r\n", "-1\r\n", "0x5\r\nhello\r\n0\r\n\r\n", "5\r\nhelloX\r\n0\r\n\r\n", "5\r\nhel",
+		"FFFFFFFFFFFFFFFFFF\r\n", "0\r\nX-A: 1\r\n",
+	} {
+		var out strings.Builder
+		if err := dechunk(&out, bufio.NewReader(strings.NewReader(bad))); err == nil {
+			t.Errorf("%q: accepted, gave %q", bad, out.String())
+		}
+	}
 }

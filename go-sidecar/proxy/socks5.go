@@ -13,18 +13,9 @@ import (
 	"wg-wrap/go-sidecar/forward"
 )
 
-const (
-	// HandshakeTimeout bounds the negotiation, up to the request; the
-	// relayed connection itself has no deadline.
-	HandshakeTimeout = 10 * time.Second
-	// DialTimeout bounds a connection attempt through the tunnel.
-	DialTimeout = 30 * time.Second
-)
-
-// DialFunc opens a connection inside the namespace (net.Dialer.DialContext:
-// the sidecar lives there, and names resolve through the namespace's own
-// /etc/resolv.conf, through the tunnel).
-type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+// HandshakeTimeout bounds the negotiation, up to the request; the relayed
+// connection itself has no deadline.
+const HandshakeTimeout = 10 * time.Second
 
 // SOCKS5 is a SOCKS5 server (RFC 1928): CONNECT and UDP ASSOCIATE, with
 // username/password authentication (RFC 1929) when Auth is set. BIND is
@@ -32,17 +23,25 @@ type DialFunc func(ctx context.Context, network, address string) (net.Conn, erro
 type SOCKS5 struct {
 	Auth *Credentials // nil: no authentication
 	// Relay is the UDP socket of UDP ASSOCIATE, opened on the host on the
-	// proxy's own address; nil refuses UDP ASSOCIATE.
+	// proxy's own address; without it, or without Owners, UDP ASSOCIATE
+	// is refused.
 	Relay *net.UDPConn
-	Dial  DialFunc // nil: net.Dialer with DialTimeout
+	// Owners tells who holds the host's sockets (NewOwners, over a
+	// NETLINK_SOCK_DIAG socket opened on the host); UDP ASSOCIATE needs it
+	// besides Relay: datagrams pass only from and to a socket of the user
+	// who holds the association's control connection. Serve takes it over.
+	Owners *Owners
+	// Resolver resolves the names in requests and datagrams; nil:
+	// net.DefaultResolver, which inside reads the namespace's resolv.conf.
+	Resolver *net.Resolver
 	// ListenUDP opens an association's socket inside; nil: net.ListenUDP.
 	ListenUDP func() (*net.UDPConn, error)
-	// LookupIP resolves the names in UDP datagrams; nil: net.DefaultResolver.
-	LookupIP func(ctx context.Context, host string) (netip.Addr, error)
-	Logf     func(format string, args ...any)
+	Logf      func(format string, args ...any)
 
-	group forward.Group
-	relay *udpRelay
+	group  forward.Group
+	dialer *dialer
+	owners ownerLookup // Owners, or a test's stand-in
+	relay  *udpRelay
 }
 
 // Serve answers clients on l until Close; it returns nil then, or the
@@ -54,12 +53,20 @@ func (s *SOCKS5) Serve(l *net.TCPListener) error {
 		if s.Relay != nil {
 			s.Relay.Close()
 		}
+		if s.Owners != nil {
+			s.Owners.Close()
+		}
 		return nil
 	}
+	if s.Owners != nil {
+		s.group.Add(s.Owners)
+	}
 	if s.Relay != nil {
-		s.relay = newUDPRelay(s)
 		s.group.Add(s.Relay)
-		s.group.Go(s.relay.serve)
+		if s.owners != nil {
+			s.relay = newUDPRelay(s)
+			s.group.Go(s.relay.serve)
+		}
 	}
 	return s.group.Serve(l, func(c *net.TCPConn) { s.handle(c) }, s.Logf)
 }
@@ -74,20 +81,12 @@ func (s *SOCKS5) Close() error {
 func (s *SOCKS5) Conns() int { return s.group.Len() }
 
 func (s *SOCKS5) setDefaults() {
-	if s.Dial == nil {
-		s.Dial = (&net.Dialer{Timeout: DialTimeout}).DialContext
+	s.dialer = newDialer(s.Resolver)
+	if s.owners == nil && s.Owners != nil {
+		s.owners = s.Owners
 	}
 	if s.ListenUDP == nil {
 		s.ListenUDP = func() (*net.UDPConn, error) { return net.ListenUDP("udp", &net.UDPAddr{}) }
-	}
-	if s.LookupIP == nil {
-		s.LookupIP = func(ctx context.Context, host string) (netip.Addr, error) {
-			addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-			if err != nil {
-				return netip.Addr{}, err
-			}
-			return addrs[0].Unmap(), nil
-		}
 	}
 	if s.Logf == nil {
 		s.Logf = func(string, ...any) {}
@@ -167,10 +166,11 @@ func (s *SOCKS5) negotiate(c net.Conn) error {
 }
 
 func (s *SOCKS5) connect(c net.Conn, dst Addr) {
-	ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
-	out, err := s.Dial(ctx, "tcp", dst.String())
-	cancel()
+	out, err := s.dialer.dial(s.group.Context(), dst.String())
 	if err != nil {
+		if s.group.Context().Err() == nil { // not merely closing
+			s.Logf("socks5: CONNECT %v: %v", dst, err)
+		}
 		c.Write(replyMessage(replyCode(err), Addr{}))
 		return
 	}
@@ -195,6 +195,8 @@ func (s *SOCKS5) connect(c net.Conn, dst Addr) {
 func replyCode(err error) byte {
 	var dnsErr *net.DNSError
 	switch {
+	case errors.Is(err, ErrNotAllowed):
+		return repNotAllowed
 	case errors.As(err, &dnsErr):
 		return repHostUnreachable
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -224,13 +226,6 @@ func (s *SOCKS5) associate(c net.Conn, declared Addr) {
 		return
 	}
 	client := remote.AddrPort()
-	a, err := s.relay.associate(client.Addr().Unmap(), declared.Port)
-	if err != nil {
-		s.Logf("socks5: UDP ASSOCIATE from %v: %v", client, err)
-		c.Write(replyMessage(repGeneralFailure, Addr{}))
-		return
-	}
-	defer a.close()
 	// The relay's address as the client reached the proxy: the relay socket
 	// is bound to the proxy's own address (or the same wildcard).
 	bound := s.Relay.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -238,6 +233,22 @@ func (s *SOCKS5) associate(c net.Conn, declared Addr) {
 	if ip.IsUnspecified() {
 		ip = local.AddrPort().Addr().Unmap()
 	}
+	relayAt := netip.AddrPortFrom(ip, bound.Port())
+	// Who holds the client's end of the control connection: its datagrams
+	// must come from a socket of the same user.
+	owner, err := s.owners.TCP(client, local.AddrPort())
+	if err != nil {
+		s.Logf("socks5: UDP ASSOCIATE from %v: %v", client, err)
+		c.Write(replyMessage(repGeneralFailure, Addr{}))
+		return
+	}
+	a, err := s.relay.associate(client, owner, relayAt, declared.Port)
+	if err != nil {
+		s.Logf("socks5: UDP ASSOCIATE from %v: %v", client, err)
+		c.Write(replyMessage(repGeneralFailure, Addr{}))
+		return
+	}
+	defer a.close()
 	if _, err := c.Write(replyMessage(repSucceeded, Addr{IP: ip, Port: bound.Port()})); err != nil {
 		return
 	}

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,23 +10,32 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"wg-wrap/go-sidecar/internal/testutil"
 )
 
-// The server runs in the test's own network namespace over loopback: here,
-// "inside" is the same namespace as the client, which the proxy cannot tell
-// apart. Names resolve through a Dial that maps them, as the namespace's
-// resolver would.
+// The server runs in the test's own network namespace (netns_test.go),
+// where the peer's addresses (the far side of the tunnel) sit on lo beside
+// the namespace's loopback, which the proxy must never reach. Names resolve
+// through a fake DNS server, as inside they resolve through the tunnel's.
 
 var testAuth = &Credentials{User: "alice", Password: "s3cret:with colon"}
 
+// testNames are what the fake DNS knows: names of the peer, and a name that
+// leads back to loopback.
+var testNames = map[string][]netip.Addr{
+	"echo.test":     {peer4},
+	"origin.test":   {peer4},
+	"loopback.test": {netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()},
+}
+
 type testServer struct {
 	*SOCKS5
-	addr   netip.AddrPort
-	dialed chan string // addresses given to Dial, as the client named them
+	addr netip.AddrPort
+	dns  *fakeDNS
 }
 
 func startSOCKS(t *testing.T, auth *Credentials, udp bool) *testServer {
@@ -36,28 +44,15 @@ func startSOCKS(t *testing.T, auth *Credentials, udp bool) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{SOCKS5: &SOCKS5{Auth: auth, Logf: t.Logf}, addr: l.Addr().(*net.TCPAddr).AddrPort(),
-		dialed: make(chan string, 1000)}
-	ts.Dial = func(ctx context.Context, network, address string) (net.Conn, error) {
-		ts.dialed <- address
-		host, port, _ := net.SplitHostPort(address)
-		if host == "echo.test" { // a name only "the tunnel's DNS" knows
-			address = net.JoinHostPort("127.0.0.1", port)
-		}
-		var d net.Dialer
-		return d.DialContext(ctx, network, address)
-	}
-	ts.LookupIP = func(ctx context.Context, host string) (netip.Addr, error) {
-		if host == "echo.test" {
-			return netip.MustParseAddr("127.0.0.1"), nil
-		}
-		return netip.Addr{}, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
-	}
+	resolver, dns := testResolver(testNames)
+	ts := &testServer{SOCKS5: &SOCKS5{Auth: auth, Logf: t.Logf, Resolver: resolver},
+		addr: l.Addr().(*net.TCPAddr).AddrPort(), dns: dns}
 	if udp {
 		ts.Relay, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
 			t.Fatal(err)
 		}
+		ts.Owners = testOwners(t)
 	}
 	done := make(chan error, 1)
 	go func() { done <- ts.Serve(l) }()
@@ -119,19 +114,32 @@ func socksDial(t *testing.T, proxy netip.AddrPort, auth *Credentials, cmd byte, 
 	return c, bound, nil
 }
 
-func echoServer(t *testing.T) netip.AddrPort {
+// echoServer echoes each connection on ip (the peer's address unless
+// said otherwise); accepted counts the connections.
+func echoServer(t *testing.T, ip ...netip.Addr) netip.AddrPort {
+	addr, _ := countingEcho(t, ip...)
+	return addr
+}
+
+func countingEcho(t *testing.T, ip ...netip.Addr) (netip.AddrPort, *atomic.Int32) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	on := peer4
+	if len(ip) > 0 {
+		on = ip[0]
+	}
+	l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(on, 0)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
+	accepted := new(atomic.Int32)
 	go func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
+			accepted.Add(1)
 			go func() {
 				defer c.Close()
 				io.Copy(c, c)
@@ -139,7 +147,7 @@ func echoServer(t *testing.T) netip.AddrPort {
 			}()
 		}
 	}()
-	return l.Addr().(*net.TCPAddr).AddrPort()
+	return l.Addr().(*net.TCPAddr).AddrPort(), accepted
 }
 
 func roundTrip(t *testing.T, c net.Conn, payload []byte) {
@@ -162,10 +170,11 @@ func TestConnectByIPAndByNameResolvedInside(t *testing.T) {
 		}
 		roundTrip(t, c, bytes.Repeat([]byte("through the proxy "), 10000))
 		c.Close()
-		// The name reached the dialer inside as a name: the client resolved nothing.
-		if got := <-s.dialed; got != dst.String() {
-			t.Fatalf("dialed %q, want %q", got, dst)
-		}
+	}
+	// The name reached the proxy as a name and was resolved inside: the
+	// client resolved nothing.
+	if s.dns.Asked("echo.test") == 0 {
+		t.Fatal("the tunnel's DNS was not asked for echo.test")
 	}
 	s.Close()
 	testutil.CheckGoroutines(t, base)
@@ -173,12 +182,12 @@ func TestConnectByIPAndByNameResolvedInside(t *testing.T) {
 
 func TestConnectFailuresAreReported(t *testing.T) {
 	s := startSOCKS(t, nil, false)
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	l, _ := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(peer4, 0)))
 	closedPort := l.Addr().(*net.TCPAddr).AddrPort().Port()
 	l.Close() // nobody listens there any more
 	for dst, want := range map[Addr]string{
-		{IP: netip.MustParseAddr("127.0.0.1"), Port: closedPort}: fmt.Sprintf("reply %d", repConnectionRefused),
-		{Name: "nowhere.test", Port: 80}:                         fmt.Sprintf("reply %d", repHostUnreachable),
+		{IP: peer4, Port: closedPort}:    fmt.Sprintf("reply %d", repConnectionRefused),
+		{Name: "nowhere.test", Port: 80}: fmt.Sprintf("reply %d", repHostUnreachable),
 	} {
 		if _, _, err := socksDial(t, s.addr, nil, cmdConnect, dst); err == nil || err.Error() != want {
 			t.Errorf("%v: %v, want %s", dst, err, want)
@@ -194,7 +203,7 @@ func TestConnectFailuresAreReported(t *testing.T) {
 }
 
 func TestAuthentication(t *testing.T) {
-	echo := echoServer(t)
+	echo, accepted := countingEcho(t)
 	dst := Addr{IP: echo.Addr(), Port: echo.Port()}
 	s := startSOCKS(t, testAuth, false)
 	c, _, err := socksDial(t, s.addr, testAuth, cmdConnect, dst)
@@ -210,13 +219,8 @@ func TestAuthentication(t *testing.T) {
 	if _, _, err := socksDial(t, s.addr, nil, cmdConnect, dst); err == nil || !strings.Contains(err.Error(), "0xff") {
 		t.Fatalf("no credentials: %v", err)
 	}
-	select {
-	case got := <-s.dialed:
-		if len(s.dialed) > 0 {
-			t.Fatalf("unauthenticated clients dialed %q", got)
-		}
-	default:
-		t.Fatal("nothing dialed")
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("%d connections reached the destination, want only the authenticated one", n)
 	}
 	// Without Auth, a client that offers only credentials is let in.
 	open := startSOCKS(t, nil, false)
@@ -373,7 +377,7 @@ func TestUDPAnswersOnlyFromDestinations(t *testing.T) {
 	port := client.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	// The association's socket inside is learned from the echo's view.
 	var inside netip.AddrPort
-	spy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	spy, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(peer4, 0)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +388,7 @@ func TestUDPAnswersOnlyFromDestinations(t *testing.T) {
 	}
 	defer control.Close()
 	relay := netip.AddrPortFrom(bound.IP, bound.Port)
-	client.WriteToUDPAddrPort(appendDatagram(nil, Addr{IP: netip.MustParseAddr("127.0.0.1"), Port: spy.LocalAddr().(*net.UDPAddr).AddrPort().Port()}, []byte("who")), relay)
+	client.WriteToUDPAddrPort(appendDatagram(nil, Addr{IP: peer4, Port: spy.LocalAddr().(*net.UDPAddr).AddrPort().Port()}, []byte("who")), relay)
 	spy.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 100)
 	if _, inside, err = spy.ReadFromUDPAddrPort(buf); err != nil {
@@ -406,9 +410,14 @@ func TestUDPAnswersOnlyFromDestinations(t *testing.T) {
 	}
 }
 
-// udpEchoServer answers each datagram with "ECHO " + the datagram.
-func udpEchoServer(t *testing.T) *net.UDPConn {
-	return testutil.UDPEcho(t, netip.MustParseAddrPort("127.0.0.1:0"), func(_ netip.AddrPort, data []byte) []byte {
+// udpEchoServer answers each datagram with "ECHO " + the datagram, on ip
+// (the peer's address unless said otherwise).
+func udpEchoServer(t *testing.T, ip ...netip.Addr) *net.UDPConn {
+	on := peer4
+	if len(ip) > 0 {
+		on = ip[0]
+	}
+	return testutil.UDPEcho(t, netip.AddrPortFrom(on, 0), func(_ netip.AddrPort, data []byte) []byte {
 		return append([]byte("ECHO "), data...)
 	})
 }

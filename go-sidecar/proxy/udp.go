@@ -19,19 +19,24 @@ const (
 	// answers come only from those (see relayAnswers).
 	maxDestinations = 1024
 	// maxNames is the size of an association's name cache.
-	maxNames     = 64
-	lookupTimout = 5 * time.Second
+	maxNames      = 64
+	lookupTimeout = 5 * time.Second
 )
 
 // udpRelay serves every association of one proxy over its one relay socket
 // on the host. A datagram arriving there belongs to the association of its
 // source address: the client's IP (that of its control connection) and the
 // port it declared in UDP ASSOCIATE, or, if it declared none (port 0, which
-// RFC 1928 allows), the first port that IP sends from. Datagrams from any
-// other source are dropped.
+// RFC 1928 allows), the first port that IP sends from — from a socket of
+// the control connection's owner. Every datagram, either way, passes only
+// while the socket at the client's address belongs to that owner (the
+// kernel says who, see Owners): on 127.0.0.1 every local user has the
+// client's IP, and any of them could otherwise send first and take the
+// association over. Datagrams from any other source are dropped.
 type udpRelay struct {
-	s    *SOCKS5
-	conn *net.UDPConn
+	s      *SOCKS5
+	conn   *net.UDPConn
+	owners ownerLookup
 
 	mu       sync.Mutex
 	bySource map[netip.AddrPort]*association
@@ -42,30 +47,36 @@ type udpRelay struct {
 type association struct {
 	relay    *udpRelay
 	clientIP netip.Addr
-	source   netip.AddrPort // zero while pending
+	owner    Owner          // of the control connection's client socket
+	relayAt  netip.AddrPort // the relay's address, as announced to the client
+	source   netip.AddrPort // zero while pending; guarded by relay.mu
 	inside   *net.UDPConn
 	queue    chan []byte
 	done     chan struct{}
 	once     sync.Once
 
-	mu    sync.Mutex
-	sent  map[netip.AddrPort]bool // destinations the client has sent to
-	names map[string]netip.Addr
+	mu       sync.Mutex
+	sent     map[netip.AddrPort]bool // destinations the client has sent to
+	names    map[string]netip.Addr   // used by send only
+	refused  bool                    // a destination was not allowed (logged once); send only
+	stranger bool                    // a socket of someone else was dropped (logged once)
 }
 
 func newUDPRelay(s *SOCKS5) *udpRelay {
-	return &udpRelay{s: s, conn: s.Relay, bySource: make(map[netip.AddrPort]*association)}
+	return &udpRelay{s: s, conn: s.Relay, owners: s.owners, bySource: make(map[netip.AddrPort]*association)}
 }
 
-// associate starts an association for clientIP; port is the one it declared
-// (0: not known yet).
-func (r *udpRelay) associate(clientIP netip.Addr, port uint16) (*association, error) {
+// associate starts an association for the client of a control connection,
+// which owner holds; relayAt is the relay's address as the client was told,
+// port the one it declared (0: not known yet).
+func (r *udpRelay) associate(client netip.AddrPort, owner Owner, relayAt netip.AddrPort, port uint16) (*association, error) {
 	inside, err := r.s.ListenUDP()
 	if err != nil {
 		return nil, err
 	}
+	clientIP := client.Addr().Unmap()
 	a := &association{
-		relay: r, clientIP: clientIP, inside: inside,
+		relay: r, clientIP: clientIP, owner: owner, relayAt: relayAt, inside: inside,
 		queue: make(chan []byte, associationQueue), done: make(chan struct{}),
 		sent: make(map[netip.AddrPort]bool), names: make(map[string]netip.Addr),
 	}
@@ -98,23 +109,86 @@ func (r *udpRelay) associate(clientIP netip.Addr, port uint16) (*association, er
 	return a, nil
 }
 
-// find returns the association a datagram from src belongs to, binding a
-// pending one from the same IP if src is new.
+// find returns the association a datagram from src belongs to: the one
+// bound to src, if the socket at src is its owner's, or else a pending one
+// from src's IP whose owner holds the socket at src, which is bound to src
+// from then on.
 func (r *udpRelay) find(src netip.AddrPort) *association {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if a := r.bySource[src]; a != nil {
-		return a
-	}
-	for i, a := range r.pending {
-		if a.clientIP == src.Addr() {
-			r.pending = append(r.pending[:i:i], r.pending[i+1:]...)
-			a.source = src
-			r.bySource[src] = a
-			return a
+	a := r.bySource[src]
+	var candidates []*association
+	if a == nil {
+		for _, p := range r.pending {
+			if p.clientIP == src.Addr() {
+				candidates = append(candidates, p)
+			}
 		}
 	}
+	r.mu.Unlock()
+	if a != nil {
+		if !a.owns(src) {
+			return nil
+		}
+		return a
+	}
+	// The kernel is asked outside the lock; whoever owns src now is
+	// checked again, under it, against each candidate.
+	owners := map[netip.AddrPort]Owner{}
+	for _, p := range candidates {
+		if _, done := owners[p.relayAt]; done {
+			continue
+		}
+		owner, err := r.owners.UDP(src, p.relayAt)
+		if err != nil {
+			r.s.Logf("socks5: UDP from %v: %v", src, err)
+			return nil
+		}
+		owners[p.relayAt] = owner
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bySource[src] != nil {
+		return nil // bound meanwhile: the next datagram is checked against it
+	}
+	for i, p := range r.pending {
+		if owner, asked := owners[p.relayAt]; asked && p.clientIP == src.Addr() && owner == p.owner {
+			r.pending = append(r.pending[:i:i], r.pending[i+1:]...)
+			p.source = src
+			r.bySource[src] = p
+			return p
+		}
+	}
+	for _, p := range candidates {
+		p.dropStranger(src, owners[p.relayAt])
+	}
 	return nil
+}
+
+// owns reports whether the socket at addr, the client's address, belongs
+// to the association's owner.
+func (a *association) owns(addr netip.AddrPort) bool {
+	owner, err := a.relay.owners.UDP(addr, a.relayAt)
+	if err != nil {
+		a.relay.s.Logf("socks5: UDP association of %v: %v", addr, err)
+		return false
+	}
+	if owner != a.owner {
+		a.dropStranger(addr, owner)
+		return false
+	}
+	return true
+}
+
+// dropStranger tells, once per association, that a datagram from someone
+// else's socket was dropped.
+func (a *association) dropStranger(addr netip.AddrPort, owner Owner) {
+	a.mu.Lock()
+	said := a.stranger
+	a.stranger = true
+	a.mu.Unlock()
+	if !said {
+		a.relay.s.Logf("socks5: UDP association held by %v: the socket at %v is held by %v: datagram dropped", a.owner, addr, owner)
+	}
 }
 
 // serve reads the relay socket until it is closed.
@@ -177,9 +251,16 @@ func (a *association) send() {
 		}
 		ip := dst.IP
 		if dst.Name != "" {
-			if ip, err = a.lookup(dst.Name); err != nil {
-				continue
+			ip, err = a.lookup(dst.Name)
+		} else {
+			err = checkDestination(ip)
+		}
+		if err != nil {
+			if errors.Is(err, ErrNotAllowed) && !a.refused {
+				a.refused = true // said once per association
+				a.relay.s.Logf("socks5: UDP from %v: %v", a.clientIP, err)
 			}
+			continue
 		}
 		to := netip.AddrPortFrom(ip, dst.Port)
 		a.mu.Lock()
@@ -195,9 +276,9 @@ func (a *association) lookup(name string) (netip.Addr, error) {
 	if ip, ok := a.names[name]; ok {
 		return ip, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lookupTimout)
+	ctx, cancel := context.WithTimeout(a.relay.s.group.Context(), lookupTimeout)
 	defer cancel()
-	ip, err := a.relay.s.LookupIP(ctx, name)
+	ip, err := a.relay.s.dialer.lookup(ctx, name)
 	if err != nil {
 		return netip.Addr{}, err
 	}
@@ -230,7 +311,7 @@ func (a *association) relayAnswers() {
 		a.relay.mu.Lock()
 		client := a.source
 		a.relay.mu.Unlock()
-		if !known || !client.IsValid() {
+		if !known || !client.IsValid() || !a.owns(client) {
 			continue
 		}
 		out = appendDatagram(out[:0], Addr{IP: src.Addr(), Port: src.Port()}, buf[:n])

@@ -137,6 +137,11 @@ func (w *Watcher) Check(ctx context.Context) error {
 		if !p.observed {
 			p.observed, p.txAtAttempt, p.rxAtAttempt = true, info.tx, info.rx
 		}
+		if info.tx < p.txAtAttempt || info.rx < p.rxAtAttempt {
+			// The peer was re-created since (removed and added again, by
+			// someone else): its counters started again from zero.
+			p.txAtAttempt, p.rxAtAttempt = 0, 0
+		}
 		now := w.now()
 		reference := info.handshake
 		for _, t := range []time.Time{p.lastAttempt, w.started} {
@@ -191,6 +196,9 @@ func (w *Watcher) attempt(ctx context.Context, p *peerState, info peerInfo, now 
 		p.lastErr = fmt.Sprintf("setting endpoint %s: %v", endpoint, err)
 		return true
 	}
+	// The re-created peer counts its bytes from zero, as wireguard-go's
+	// NewPeer does: whether its handshakes fail is measured from there.
+	p.txAtAttempt, p.rxAtAttempt = 0, 0
 	w.logf("endpoint of %s: %s -> %s", p.Host, info.endpoint, endpoint)
 	return true
 }

@@ -15,7 +15,9 @@ import (
 
 const key = "e0a5c3d2b1f0e0a5c3d2b1f0e0a5c3d2b1f0e0a5c3d2b1f0e0a5c3d2b1f0e0a5"
 
-// fakeDevice is one peer as UAPI shows it.
+// fakeDevice is one peer as UAPI shows it. Like wireguard-go, removing the
+// peer and adding it again (what a move does) makes a new peer: its byte
+// counters and handshake time start from zero.
 type fakeDevice struct {
 	endpoint  netip.AddrPort
 	handshake time.Time
@@ -37,6 +39,9 @@ func (d *fakeDevice) IpcGet() (string, error) {
 func (d *fakeDevice) IpcSet(text string) error {
 	d.sets = append(d.sets, text)
 	for _, line := range strings.Split(text, "\n") {
+		if line == "remove=true" {
+			d.tx, d.rx, d.handshake = 0, 0, time.Time{}
+		}
 		if v, ok := strings.CutPrefix(line, "endpoint="); ok {
 			d.endpoint = netip.MustParseAddrPort(v)
 		}
@@ -161,6 +166,45 @@ func TestFailingHandshakesRotateThroughTheAddresses(t *testing.T) {
 		if dev.endpoint.String() != endpoint {
 			t.Fatalf("endpoint %v, want %s", dev.endpoint, endpoint)
 		}
+	}
+}
+
+// A move re-creates the peer, whose counters restart at zero: the next
+// "bytes sent, none received" must be measured from there, not from the
+// totals of the peer that was removed, or rotation stops after one move.
+func TestRotationGoesOnAfterAMoveResetTheCounters(t *testing.T) {
+	w, dev, _, c, _ := setup(t, "192.0.2.1:51820", "192.0.2.1", "192.0.2.2", "192.0.2.3")
+	dev.tx, dev.rx = 50_000, 40_000 // a session that worked for a while
+	check(t, w)
+	want := []string{"192.0.2.2:51820", "192.0.2.3:51820", "192.0.2.1:51820", "192.0.2.2:51820"}
+	for i, endpoint := range want {
+		dev.tx += 148 // one unanswered handshake initiation since the last attempt
+		c.advance(after + time.Second)
+		check(t, w)
+		if dev.endpoint.String() != endpoint {
+			t.Fatalf("move %d: endpoint %v, want %s", i+1, dev.endpoint, endpoint)
+		}
+	}
+	// An answer since the last attempt: the peer is reached, it stays.
+	dev.tx, dev.rx = 148, 92
+	c.advance(after + time.Second)
+	check(t, w)
+	if dev.endpoint.String() != want[len(want)-1] {
+		t.Fatalf("moved away from a peer that answers: %v", dev.endpoint)
+	}
+}
+
+// Counters that went down mean someone else re-created the peer (`wg set
+// ... remove`, then added again): they count from zero as well.
+func TestCountersThatWentDownCountFromZero(t *testing.T) {
+	w, dev, _, c, _ := setup(t, "192.0.2.1:51820", "192.0.2.1", "192.0.2.2")
+	dev.tx, dev.rx = 50_000, 40_000
+	check(t, w)
+	dev.tx, dev.rx = 296, 0 // re-created behind the watcher's back, never answered since
+	c.advance(after + time.Second)
+	check(t, w)
+	if dev.endpoint.String() != "192.0.2.2:51820" {
+		t.Fatalf("endpoint %v, want a move to 192.0.2.2:51820", dev.endpoint)
 	}
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import os
 import queue
 import secrets
@@ -99,7 +100,7 @@ class Keys:
 
 
 def client_config(k: Keys, net: Net, port: int, *, dns: bool = True, extra: str = "",
-                  allowed: str = "0.0.0.0/0, ::/0") -> str:
+                  allowed: str = "0.0.0.0/0, ::/0", host: str = "127.0.0.1") -> str:
     return (
         "[Interface]\n"
         f"PrivateKey = {k.text(k.client)}\n"
@@ -109,7 +110,7 @@ def client_config(k: Keys, net: Net, port: int, *, dns: bool = True, extra: str 
         + "\n[Peer]\n"
         f"PublicKey = {k.pub(k.server)}\n"
         f"PresharedKey = {k.text(k.psk)}\n"
-        f"Endpoint = 127.0.0.1:{port}\n"
+        f"Endpoint = {host}:{port}\n"
         f"AllowedIPs = {allowed}\n"
     )
 
@@ -188,10 +189,12 @@ class WgWrapServer(Server):
 
     def __init__(
         self, stage: object, user: object, net: Net, *, keys: Keys | None = None,
-        port: int | None = None, listen: str = "127.0.0.1",
+        port: int | None = None, listen: str = "127.0.0.1", within: WgWrapServer | None = None,
     ) -> None:
         """A new server; the same ``keys`` and ``port`` on another ``listen``
-        address make it the same peer at a new address (a peer that moved)."""
+        address make it the same peer at a new address (a peer that moved).
+        ``within``: run inside that server's profile (wg-wrap nested in
+        wg-wrap), listening on one of its addresses."""
         from conftest import as_user_argv, user_env
 
         self.net, self.keys = net, keys or Keys()
@@ -223,6 +226,12 @@ class WgWrapServer(Server):
             "run", "-v", "-n", "test-server", "-c", str(conf), "--listen-address", listen, "--",
             *peer_services_argv(python, net),
         )
+        if within is not None:
+            # Its runtime directory is then the outer server's own, as the
+            # outer profile shows it: a private tmpfs.
+            argv = [*stage.wg_wrap("exec", "test-server", "--"), *argv]  # type: ignore[attr-defined]
+            runtime_dir = within.runtime_dir
+        self._nested = within is not None
         self.process = subprocess.Popen(
             as_user_argv(user, argv), env=user_env(runtime_dir), cwd="/",  # type: ignore[arg-type]
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -234,9 +243,18 @@ class WgWrapServer(Server):
             _, err = self.process.communicate(timeout=10)
             self.stop()
             raise RuntimeError(f"wg-wrap server did not start: {err}")
-        # Written before its command (the services) started.
-        state = runtime_dir / "wg-wrap" / "test-server" / "state.toml"
-        self.port = int(tomllib.loads(state.read_text())["listen_port"])
+        if within is None:
+            # Written before its command (the services) started.
+            state = runtime_dir / "wg-wrap" / "test-server" / "state.toml"
+            self.port = int(tomllib.loads(state.read_text())["listen_port"])
+        else:  # its state is inside the outer profile: ask there
+            status = subprocess.run(
+                as_user_argv(user, [  # type: ignore[arg-type]
+                    *stage.wg_wrap("exec", "test-server", "--"),  # type: ignore[attr-defined]
+                    *stage.wg_wrap("status", "--json", "test-server")]),  # type: ignore[attr-defined]
+                env=user_env(runtime_dir), cwd="/", capture_output=True, text=True, timeout=30,
+                check=True)
+            self.port = int(json.loads(status.stdout)[0]["listen_port"])
         assert port is None or self.port == port
 
     def diagnostics(self) -> str:
@@ -270,10 +288,11 @@ class WgWrapServer(Server):
                 stream.close()
         # The process was the services themselves (wg-wrap became them): the
         # ephemeral profile ends when its sidecar notices (every 200 ms) and
-        # removes its directory; only then is the UDP port free again.
+        # removes its directory; only then is the UDP port free again. (A
+        # nested one's is inside the outer profile: it goes with it.)
         profile = self.runtime_dir / "wg-wrap" / "test-server"
         deadline = time.monotonic() + 5
-        while profile.exists() and time.monotonic() < deadline:
+        while not self._nested and profile.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         for d in self._dirs:
             shutil.rmtree(d, ignore_errors=True)

@@ -459,7 +459,8 @@ def test_make_is_quiet_unless_v_1(tmp_path: Path) -> None:
     lines = loud.stdout.splitlines()
     assert lines[0] == "  CC      build/wg-wrap-launcher"
     assert re.fullmatch(
-        r"\S*(cc|gcc) .*-Werror .*-o build/wg-wrap-launcher launcher/wg-wrap-launcher\.c", lines[1]
+        r"\S*(cc|gcc) .*-Werror .*-o build/wg-wrap-launcher launcher/wg-wrap-launcher\.c "
+        r"launcher/aftercare\.c", lines[1]
     ), lines[1]
     assert lines[2] == "  GO      build/wg-wrap-sidecar"
     assert re.fullmatch(

@@ -481,15 +481,18 @@ def test_twine_check_passes_on_the_sdist_and_the_wheels(build_a: Build, tools: P
 
 def test_the_sdist_builds_from_source_with_pip(build_a: Build, workdir: Path) -> None:
     """Where a C compiler and Go are: `pip install wg_wrap-VERSION.tar.gz`
-    builds both helpers (this machine's usual, dynamically linked ones) and
-    installs the man page and the completions into the venv."""
+    builds both helpers (with this machine's toolchains, as `make` does: the
+    launcher static, the sidecar Go's PIE, dynamically loaded) and installs
+    the man page and the completions into the venv."""
     venv = workdir / "from-sdist"
     python = make_venv(venv)
     run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", build_a.sdist],
         env=build_env(), timeout=1200)
     package = next(venv.glob("lib/python3*/site-packages/wg_wrap"))
     assert_helpers_run(package / "_libexec")
-    assert "INTERP" in readelf(package / "_libexec" / paths.LAUNCHER, "--program-headers")
+    # Built here, not copied from a wheel: `make`'s build, its debug info kept.
+    assert "INTERP" in readelf(package / "_libexec" / paths.SIDECAR, "--program-headers")
+    assert ".debug_info" in readelf(package / "_libexec" / paths.LAUNCHER, "--sections")
     share = venv / "share"
     assert filecmp.cmp(share / "man/man1/wg-wrap.1", REPO / "packaging/man/wg-wrap.1",
                        shallow=False)

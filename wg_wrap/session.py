@@ -404,18 +404,25 @@ def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
         warn(f"profile {profile.name}: its state does not record its namespaces "
              "(started by an older wg-wrap): it cannot be brought back in place")
         return None
+    ways_in = []
     for pid in members:
+        links = launch.namespace_links(pid)
+        if links is None:
+            continue  # gone since the scan
+        if links != recorded or not _is_child_userns(pid):
+            warn(f"profile {profile.name}: not entering through process {pid}: it is in "
+                 "namespaces of its own, not the profile's")
+            continue
+        ways_in.append(pid)
+    for pid in ways_in:
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
-            continue  # gone since the scan
+            continue  # gone since
         try:
-            if launch.namespace_links(pid) != recorded or not _is_child_userns(pid):
-                warn(f"profile {profile.name}: not entering through process {pid}: it is in "
-                     "namespaces of its own, not the profile's")
-                continue
-            print(f"wg-wrap: profile {profile.name}: its sidecar died with {len(members)} "
-                  f"program{'s' if len(members) != 1 else ''} inside; starting a new one in "
+            # The launcher checks again, through this pidfd, once it is in.
+            print(f"wg-wrap: profile {profile.name}: its sidecar died with {len(ways_in)} "
+                  f"program{'s' if len(ways_in) != 1 else ''} inside; starting a new one in "
                   "their namespaces", file=sys.stderr, flush=True)
             if not request.reach:  # nothing new asked: what the dead sidecar had
                 request = replace(request, reach=_reach_again(state))

@@ -22,11 +22,11 @@ type hostSide struct {
 	calls chan func()
 }
 
-// startHostSide starts the thread. roots are the views' mount points:
-// whatever the profile's namespace has mounted on them (a view made by an
-// earlier sidecar, when a new one is started among the programs it left)
-// is taken off in the copy. Mounts that came from the host are locked
-// (they were copied into a less privileged user namespace) and stay.
+// startHostSide starts the thread. roots are the mount points of the views
+// and hides: whatever the profile's namespace has mounted on them (a view
+// made by an earlier sidecar, when a new one is started among the programs
+// it left) is taken off in the copy. Mounts that came from the host are
+// locked (they were copied into a less privileged user namespace) and stay.
 func startHostSide(roots []string) (*hostSide, error) {
 	h := &hostSide{calls: make(chan func())}
 	started := make(chan error, 1)
@@ -80,6 +80,12 @@ func (h *hostSide) do(f func()) {
 // lstat is unix.Lstat on the host side.
 func (h *hostSide) lstat(path string) (st unix.Stat_t, err error) {
 	h.do(func() { err = unix.Lstat(path, &st) })
+	return st, err
+}
+
+// stat is unix.Stat on the host side.
+func (h *hostSide) stat(path string) (st unix.Stat_t, err error) {
+	h.do(func() { err = unix.Stat(path, &st) })
 	return st, err
 }
 

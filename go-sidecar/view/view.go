@@ -83,7 +83,7 @@ func DefaultConfig() Config {
 type Status struct {
 	Intact     bool      `json:"intact"`
 	DNS        string    `json:"dns"`      // "profile" or "host"
-	Absorbed   int       `json:"absorbed"` // host changes followed
+	Absorbed   int       `json:"absorbed"` // host changes dealt with: followed, or kept out
 	LastChange time.Time `json:"last_change,omitzero"`
 	Problem    string    `json:"problem,omitempty"` // why it is not intact
 }
@@ -136,6 +136,12 @@ func Build(cfg Config) (*View, error) {
 	paths := []string{cfg.Etc, cfg.Run}
 	if cfg.VarRun != "" {
 		paths = append(paths, cfg.VarRun)
+	}
+	// The hides too: in the host side's copy, what an earlier sidecar of
+	// this profile mounted comes off (a hide made by an outer profile, for
+	// wg-wrap run inside a profile, is locked there and stays).
+	for _, p := range cfg.Hide {
+		paths = append(paths, filepath.Clean(p))
 	}
 	var err error
 	if v.host, err = startHostSide(paths); err != nil {
@@ -254,13 +260,15 @@ func (v *View) watchResolvDir(dir string) {
 	v.resolvWD, v.resolvDir = wd, dir
 }
 
-// keepHidden puts the hide back when what is at its path is not it.
+// keepHidden puts the hide back when what is at its path is not it: when
+// the profile's namespace shows there what the host has (the host side's
+// view of it), which an earlier sidecar's hide, taken over, does not.
 func (v *View) keepHidden(h *hide) (bool, error) {
 	parent := filepath.Dir(h.path)
 	if wd, err := unix.InotifyAddWatch(v.inotify, parent, hideEvents); err == nil {
 		h.wd = wd
 	}
-	var st, up unix.Stat_t
+	var st unix.Stat_t
 	if err := unix.Stat(h.path, &st); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return false, nil // nothing to hide; made later, it is seen then
@@ -270,10 +278,11 @@ func (v *View) keepHidden(h *hide) (bool, error) {
 	if h.dev != 0 && st.Dev == h.dev {
 		return false, nil
 	}
-	if err := unix.Stat(parent, &up); err != nil {
+	host, err := v.host.stat(h.path)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return false, fmt.Errorf("hiding %s: %w", h.path, err)
 	}
-	if h.dev == 0 && st.Dev != up.Dev {
+	if h.dev == 0 && err == nil && (st.Dev != host.Dev || st.Ino != host.Ino) {
 		h.dev = st.Dev // an earlier sidecar's hide
 		return false, nil
 	}
@@ -344,6 +353,8 @@ func (v *View) mountsChanged() int {
 }
 
 // readEvents handles what inotify has: each named entry is synced once.
+// It returns how many host changes it dealt with (an entry that changed,
+// whether the view followed it or kept it out).
 func (v *View) readEvents() int {
 	type key struct {
 		d    *dirView
@@ -386,30 +397,31 @@ func (v *View) readEvents() int {
 			}
 		}
 	}
-	changed := 0
-	count := func(did bool, err error) {
+	dealt := len(todo) + len(full)
+	report := func(_ bool, err error) {
 		if err != nil {
 			v.problem(err.Error())
 		}
-		if did {
-			changed++
-		}
 	}
 	for k := range todo {
-		count(k.d.sync(k.name))
+		report(k.d.sync(k.name))
 	}
 	for _, d := range full {
-		count(true, d.syncAll())
+		report(true, d.syncAll())
 	}
 	if resolv && v.cfg.ResolvConf == nil {
-		count(v.etc.sync(resolvConf))
+		report(v.etc.sync(resolvConf))
 	}
 	if hides {
 		for _, h := range v.hides {
-			count(v.keepHidden(h))
+			did, err := v.keepHidden(h)
+			report(did, err)
+			if did {
+				dealt++
+			}
 		}
 	}
-	return changed
+	return dealt
 }
 
 func (v *View) absorbed(n int) {

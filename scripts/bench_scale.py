@@ -3,7 +3,8 @@
 
 Part 1: one wg-wrap server with N peers (127.0.0.1), and N client profiles
 (`up`, different keys) at once: each must pass traffic (a page, then 16 MiB
-through TCP); prints each sidecar's RSS idle and after traffic, and how long
+through TCP); prints each sidecar's RSS idle and after traffic, its aftercare's,
+and what an idle profile costs in all (sidecar + aftercare), and how long
 `wg-wrap ls` takes with N profiles (against `python -c pass`, interleaved).
 
 Part 2: M programs (`sleep`) joined to one profile with `exec`: how long
@@ -93,6 +94,14 @@ class Tool:
     def sidecar(self, name: str) -> int:
         return int(self.state(name)["sidecar_pid"])  # type: ignore[call-overload]
 
+    def aftercare(self, name: str) -> int:
+        """The profile's aftercare process (wg-wrap-launcher aftercare)."""
+        mine = f"{self.base / name}".encode()
+        for pid, text in ours().items():
+            if " aftercare " in text and mine in text.encode():
+                return pid
+        raise RuntimeError(f"profile {name} has no aftercare process")
+
 
 def ours() -> dict[int, str]:
     """Our processes: sidecars, their aftercare, wg-wrap Python processes."""
@@ -106,7 +115,8 @@ def ours() -> dict[int, str]:
         except OSError:
             continue
         text = b" ".join(argv).decode(errors="replace")
-        if "wg-wrap-sidecar" in text or "wg_wrap" in text or argv[0].endswith(b"/wg-wrap"):
+        if ("wg-wrap-sidecar" in text or "wg-wrap-launcher" in text or "wg_wrap" in text
+                or argv[0].endswith(b"/wg-wrap")):
             found[int(entry)] = text
     return found
 
@@ -145,6 +155,8 @@ def part1(tool: Tool, tmp: Path, n: int, runs: int) -> list[str]:
             tool("up", "-n", name, "-c", str(conf))
         took = time.perf_counter() - start
         idle = {name: rss_kib(tool.sidecar(name)) for name in names}
+        care = {name: rss_kib(tool.aftercare(name)) for name in names}
+        profile = {name: idle[name] + care[name] for name in names}
         for name in names:  # every profile passes traffic
             tool("exec", name, "--", tool.python, "-c", SEND, "10.252.255.1")
         after = {name: rss_kib(tool.sidecar(name)) for name in names}
@@ -158,6 +170,11 @@ def part1(tool: Tool, tmp: Path, n: int, runs: int) -> list[str]:
             f"(16 MiB each); ls lists {sum(1 for line in listed if line.startswith('scale-'))}",
             f"sidecar RSS idle:          median {statistics.median(idle.values()) / 1024:.1f} MiB "
             f"(min {min(idle.values()) / 1024:.1f}, max {max(idle.values()) / 1024:.1f})",
+            f"aftercare RSS:             median {statistics.median(care.values()) / 1024:.2f} MiB "
+            f"(min {min(care.values()) / 1024:.2f}, max {max(care.values()) / 1024:.2f})",
+            f"per idle profile (sidecar + aftercare): median "
+            f"{statistics.median(profile.values()) / 1024:.1f} MiB (max "
+            f"{max(profile.values()) / 1024:.1f})",
             f"sidecar RSS after traffic: median {statistics.median(after.values()) / 1024:.1f} MiB "
             f"(min {min(after.values()) / 1024:.1f}, max {max(after.values()) / 1024:.1f})",
             f"wg-wrap ls ({n + 1} profiles): {ms(ls_runs)}",

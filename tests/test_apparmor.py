@@ -248,8 +248,10 @@ def test_the_template_is_the_packaged_template() -> None:
     """One text: packaging/apparmor/wg-wrap-launcher.in (which `make install`
     renders) is apparmor.TEMPLATE, and render() changes only the two places."""
     assert TEMPLATE_IN.read_text() == apparmor.TEMPLATE
-    assert apparmor.TEMPLATE.count(apparmor.TEMPLATE_HEADER) == 1
-    assert apparmor.TEMPLATE.count(apparmor.TEMPLATE_LOCAL) == 1
+    for part in (apparmor.TEMPLATE_HEADER, apparmor.TEMPLATE_SIDECAR, apparmor.TEMPLATE_PROGRAMS,
+                 apparmor.TEMPLATE_SIDECAR_HEADER, apparmor.TEMPLATE_PROGRAM_HEADER,
+                 apparmor.TEMPLATE_LOCAL):
+        assert apparmor.TEMPLATE.count(part) == 1, part
 
 
 @pytest.mark.parametrize("libexecdir", ["/usr/libexec", "/usr/lib", "/usr/local/libexec"])
@@ -260,7 +262,12 @@ def test_render_is_the_template_with_the_path_substituted(libexecdir: str) -> No
 
 def test_render_for_a_venv_names_its_own_path() -> None:
     rendered = apparmor.render(VENV)
-    assert f"profile wg-wrap-launcher {VENV} flags=(unconfined) {{\n  userns,\n" in rendered
+    assert (f"profile wg-wrap-launcher {VENV} flags=(attach_disconnected,mediate_deleted) {{\n"
+            in rendered)
+    sidecar = VENV.replace("wg-wrap-launcher", "wg-wrap-sidecar")
+    assert f"  allow px {sidecar} -> &wg-wrap-launcher//&wg-wrap-launcher-sidecar,\n" in rendered
+    assert "  allow pix /** -> &wg-wrap-launcher//&wg-wrap-launcher-program,\n" in rendered
+    assert "  allow userns,\n" in rendered
     assert rendered.startswith("# AppArmor profile for wg-wrap-launcher")
     assert "abi <abi/4.0>,\n" in rendered
     assert "include if exists <local/wg-wrap-launcher>\n" in rendered
@@ -271,11 +278,17 @@ def test_render_under_another_name() -> None:
     rendered = apparmor.render(VENV, "wg-wrap-launcher-0123abcd")
     assert f"profile wg-wrap-launcher-0123abcd {VENV} flags" in rendered
     assert "include if exists <local/wg-wrap-launcher-0123abcd>" in rendered
+    # Its stacked profiles are named after it: two installations never collide.
+    assert "profile wg-wrap-launcher-0123abcd-sidecar flags" in rendered
+    assert "profile wg-wrap-launcher-0123abcd-program flags" in rendered
+    assert "wg-wrap-launcher//" not in rendered and "profile wg-wrap-sidecar" not in rendered
 
 
 def test_render_quotes_a_path_with_spaces() -> None:
     path = "/home/ann/my venv/lib/wg_wrap/_libexec/wg-wrap-launcher"
-    assert f'profile wg-wrap-launcher "{path}" flags=(unconfined) {{' in apparmor.render(path)
+    rendered = apparmor.render(path)
+    assert f'profile wg-wrap-launcher "{path}" flags=(' in rendered
+    assert f'allow px "{path.replace("launcher", "sidecar")}" -> ' in rendered
 
 
 @pytest.mark.parametrize("bad", ["*", "?", "[", "]", "{", "}", "^", '"', "\\", "\n", "@{x}"])
@@ -295,8 +308,9 @@ def test_our_detection_recognises_every_profile_we_render(parts: list[str]) -> N
     path = "/" + "/".join(parts)
     if not all(c.isprintable() for c in path):
         return  # refused by render(), tested above
-    (header,) = apparmor.parse_headers(apparmor.render(path))
-    assert header == ("wg-wrap-launcher", path)
+    headers = apparmor.parse_headers(apparmor.render(path))
+    assert headers == [("wg-wrap-launcher", path), ("wg-wrap-launcher-sidecar", ""),
+                       ("wg-wrap-launcher-program", "")]
     assert apparmor.attaches_to(path, path)
 
 
@@ -319,12 +333,15 @@ def _parser() -> str:
 
 @pytest.mark.parametrize("path", [PACKAGED, "/home/ann/my venv/wg_wrap/_libexec/wg-wrap-launcher"])
 def test_apparmor_parser_accepts_the_rendered_profile(tmp_path: Path, path: str) -> None:
-    """Debian 12's parser (AppArmor 3.0) compiles the rendered profile once the
-    two AppArmor 4 parts it does not know are taken out (the abi line and the
-    `userns` rule): the header, the quoting, the flags and the include are
+    """Debian 12's parser (AppArmor 3.0) compiles the rendered profiles once
+    the AppArmor 4 parts it does not know are taken out (the abi line and the
+    `userns`, `io_uring` and `mqueue` rules): the headers, the quoting, the
+    flags, the stacked transitions, the ptrace rules and the include are
     checked by the real parser.  Without that adaptation it must refuse."""
     rendered = apparmor.render(path)
-    adapted = rendered.replace("abi <abi/4.0>,", "abi <abi/3.0>,").replace("  userns,\n", "")
+    adapted = rendered.replace("abi <abi/4.0>,", "abi <abi/3.0>,")
+    for rule in ("userns", "io_uring", "mqueue"):
+        adapted = adapted.replace(f"  allow {rule},\n", "")
     assert adapted != rendered
     profile = tmp_path / "wg-wrap-launcher"
     profile.write_text(adapted)

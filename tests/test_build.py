@@ -35,7 +35,7 @@ from test_install import (
     runtime_dependencies,
 )
 
-from wg_wrap import paths
+from wg_wrap import apparmor, paths
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -193,7 +193,7 @@ def test_the_tarball_builds_and_installs_offline(offline_tarball: OfflineBuild) 
     assert (usr / "bin" / "wg-wrap").is_file()
     assert (usr / "lib" / "systemd" / "user" / "wg-wrap@.service").is_file()
     profile = usr / "share" / "wg-wrap" / "apparmor" / "wg-wrap-launcher"
-    assert " /usr/libexec/wg-wrap/wg-wrap-launcher flags=(unconfined)" in profile.read_text()
+    assert f" /usr/libexec/wg-wrap/wg-wrap-launcher {apparmor.FLAGS}" in profile.read_text()
 
 
 def test_binaries_are_reproducible_whatever_the_build_directory(

@@ -100,7 +100,10 @@ class FakeResolved:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start (again: a restarted resolved makes its socket anew)."""
+        self.stop()
         RESOLVED_DIR.mkdir(parents=True, exist_ok=True)
+        RESOLVED_SOCKET.unlink(missing_ok=True)
         (RESOLVED_DIR / "stub-resolv.conf").write_text("nameserver 127.0.0.53\n")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(RESOLVED_SOCKET))
@@ -147,7 +150,7 @@ class FakeResolved:
 def nscd_lookups() -> int:
     """How many host lookups nscd has answered (hits and misses)."""
     stats = subprocess.run(["nscd", "-g"], capture_output=True, text=True, timeout=10).stdout
-    hosts = stats.split("hosts cache:", 1)[1]
+    hosts = re.split(r"^\w+ cache:$", stats.split("hosts cache:", 1)[1], flags=re.M)[0]
     counts = [int(m) for m in re.findall(
         r"^\s*(\d+)\s+cache (?:hits|misses) on (?:positive|negative) entries$", hosts, re.M)]
     assert len(counts) == 4, stats
@@ -312,8 +315,7 @@ def lookups_during_changes(tool: Tool, argv: list[str], server: WgWrapServer,
         resolved.netns = netns_of(loop.pid)
         for _ in range(3):
             host_changes(resolved, nscd)
-        loop.stdin.close()
-        out, err = loop.communicate(timeout=LOOP_LIMIT + 10)
+        out, err = loop.communicate(input="", timeout=LOOP_LIMIT + 10)  # stdin closes: it ends
         assert loop.returncode == 0, err
         seen = json.loads(out)
         assert nscd.answered == 0, "nscd was asked while the loop ran"

@@ -182,7 +182,7 @@ def test_restricted_venv_launcher_gets_its_own_profile_first(ubuntu: Machine) ->
     )
     profile = [f"          {line}".rstrip() for line in apparmor.render(VENV).splitlines()]
     assert lines[2:2 + len(profile)] == profile
-    assert f"          profile wg-wrap-launcher {VENV} flags=(unconfined) {{" in profile
+    assert f"          profile wg-wrap-launcher {VENV} {apparmor.FLAGS}" in profile
     assert lines[2 + len(profile):5 + len(profile)] == [
         "        install and load it:", f"          {INSTALL}", f"          {LOAD}",
     ]
@@ -201,7 +201,7 @@ def test_a_profile_installed_for_another_launcher_is_left_alone(ubuntu: Machine)
     assert ("(/etc/apparmor.d/wg-wrap-launcher is for /usr/libexec/wg-wrap/wg-wrap-launcher)"
             in output.splitlines()[0])
     assert f"/dev/stdin {report.install_path}\n" in output
-    assert f"          profile {report.install_name} {VENV} flags=(unconfined) {{" in output
+    assert f"          profile {report.install_name} {VENV} {apparmor.FLAGS}" in output
     assert "/dev/stdin /etc/apparmor.d/wg-wrap-launcher\n" not in output
     assert_sysctl_comes_last(output)
 
@@ -373,4 +373,4 @@ def test_doctor_prints_the_profile_for_its_own_launcher(stage: Stage, test_user:
     assert done.returncode == 0, done.stderr
     installed = stage.root / "venv" / "share" / "wg-wrap" / "apparmor" / "wg-wrap-launcher"
     assert done.stdout == installed.read_text()
-    assert f"profile wg-wrap-launcher {stage.launcher} flags=(unconfined) {{" in done.stdout
+    assert f"profile wg-wrap-launcher {stage.launcher} {apparmor.FLAGS}" in done.stdout

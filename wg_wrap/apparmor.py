@@ -4,8 +4,11 @@ Ubuntu 23.10+ sets ``kernel.apparmor_restrict_unprivileged_userns=1``: an
 unconfined program may still create a user namespace, but is then moved into
 the ``unprivileged_userns`` profile, which denies every capability in it, so
 the launcher cannot map its uid, mount or create a TUN device.  The fix
-distributions use is a named profile, ``flags=(unconfined)`` with ``userns,``,
-attached by path to the one binary that creates the namespaces.
+distributions use is a named profile with ``userns,``, attached by path to the
+one binary that creates the namespaces; ours also keeps that binary from
+being a door for other programs (Ubuntu's bwrap-userns-restrict is the model:
+what it runs is stacked with profiles that give the sidecar its own
+capabilities and the user's programs none).
 
 Everything here is pure: it reads files below ``root`` (``/`` unless a test
 provides a fake tree) and renders text; it changes nothing.  The profile text
@@ -37,28 +40,90 @@ TEMPLATE = """\
 #
 # Ubuntu 23.10+ sets kernel.apparmor_restrict_unprivileged_userns=1: a new
 # user namespace then gets no capabilities, so wg-wrap can neither map its
-# uid, nor mount its resolv.conf, nor create its TUN device. This profile
-# lets this one binary create user namespaces with their capabilities
-# (`userns`), which only ever apply inside the namespaces it creates, and
-# confines nothing else (`unconfined`). Programs it executes (the sidecar,
-# the wrapped programs) keep this profile unless they have their own, as
-# with any unconfined profile: they may create user namespaces too, as on
-# a distribution without the restriction.
+# uid, nor make its namespace's view of the host, nor create its TUN device.
+# This profile lets this one binary create user namespaces with their
+# capabilities (`userns`), which only ever apply inside the namespaces it
+# creates, and nothing more: what it runs is stacked with a profile of its
+# own (the launcher sets no_new_privs, under which AppArmor only stacks).
+#  - wg-wrap-sidecar, the one program `create` and `enter` run, beside the
+#    launcher: it keeps the capabilities it needs in its namespaces, and the
+#    user's other programs may not trace it (it holds the host's sockets).
+#  - everything else, what `join` runs (the user's programs): no capability
+#    in any user namespace they create, as for a plain program on a system
+#    with the restriction (Ubuntu's unprivileged_userns profile). The cost:
+#    a program that needs them there fails inside wg-wrap as it would
+#    outside without a profile of its own; Chromium's sandbox is one, and
+#    its own profile's exception does not follow it into the stack.
+# The model is Ubuntu's bwrap-userns-restrict.
 abi <abi/4.0>,
 
 include <tunables/global>
 
-profile wg-wrap-launcher @LIBEXECDIR@/wg-wrap/wg-wrap-launcher flags=(unconfined) {
-  userns,
+profile wg-wrap-launcher @LIBEXECDIR@/wg-wrap/wg-wrap-launcher flags=(attach_disconnected,mediate_deleted) {
+  allow capability,
+  allow file rwlkm /{**,},
+  allow network,
+  allow unix,
+  allow ptrace (read, trace),
+  allow signal,
+  allow mqueue,
+  allow io_uring,
+  allow userns,
+  allow mount,
+  allow umount,
+  allow pivot_root,
+  allow dbus,
+  audit deny ptrace (tracedby),
+
+  allow px @LIBEXECDIR@/wg-wrap/wg-wrap-sidecar -> &wg-wrap-launcher//&wg-wrap-launcher-sidecar,
+  allow pix /** -> &wg-wrap-launcher//&wg-wrap-launcher-program,
 
   # Site-specific additions and overrides.
   include if exists <local/wg-wrap-launcher>
 }
-"""
-# The two places render() changes (a test checks each occurs exactly once).
-TEMPLATE_HEADER = (
-    "profile wg-wrap-launcher @LIBEXECDIR@/wg-wrap/wg-wrap-launcher flags=(unconfined) {"
+
+profile wg-wrap-launcher-sidecar flags=(attach_disconnected,mediate_deleted) {
+  allow capability net_admin,
+  allow capability sys_admin,
+  allow file rwlkm /{**,},
+  allow network,
+  allow unix,
+  allow ptrace (read, trace, readby),
+  audit deny ptrace (tracedby),
+  allow signal,
+  allow mount,
+  allow umount,
+}
+
+profile wg-wrap-launcher-program flags=(attach_disconnected,mediate_deleted) {
+  allow file rwlkmix /{**,},
+  allow network,
+  allow unix,
+  allow ptrace,
+  allow signal,
+  allow mqueue,
+  allow io_uring,
+  allow userns,
+  allow mount,
+  allow umount,
+  allow pivot_root,
+  allow dbus,
+  audit deny capability,
+}
+"""  # noqa: E501 (the header names the path and flags on one line)
+# The places render() changes (a test checks each occurs exactly once): the
+# launcher's header, the sidecar's path and the names of the two profiles
+# what the launcher runs is stacked with (named after the launcher's, so that
+# two installations' profiles never collide), and the local include.
+FLAGS = "flags=(attach_disconnected,mediate_deleted) {"
+TEMPLATE_HEADER = f"profile wg-wrap-launcher @LIBEXECDIR@/wg-wrap/wg-wrap-launcher {FLAGS}"
+TEMPLATE_SIDECAR = (
+    "  allow px @LIBEXECDIR@/wg-wrap/wg-wrap-sidecar -> "
+    "&wg-wrap-launcher//&wg-wrap-launcher-sidecar,"
 )
+TEMPLATE_PROGRAMS = "  allow pix /** -> &wg-wrap-launcher//&wg-wrap-launcher-program,"
+TEMPLATE_SIDECAR_HEADER = f"profile wg-wrap-launcher-sidecar {FLAGS}"
+TEMPLATE_PROGRAM_HEADER = f"profile wg-wrap-launcher-program {FLAGS}"
 TEMPLATE_LOCAL = "<local/wg-wrap-launcher>"
 
 # Unquoted in a profile header, a path may hold only these; anything else but
@@ -307,9 +372,9 @@ def detect(launcher: str, root: str = "/") -> Report:
     files = profile_files(root)
     attached = [p for p in files if attaches_to(p.attachment, real)]
     profile = attached[0] if attached else None
-    elsewhere = tuple(
+    elsewhere = tuple(  # (the stacked profiles beside ours attach to nothing)
         p for p in files
-        if p not in attached and p.name.startswith(PROFILE_NAME)
+        if p not in attached and p.name.startswith(PROFILE_NAME) and p.attachment
     )
     return Report(
         enabled=is_enabled(root),
@@ -336,10 +401,19 @@ def attachment_for(launcher: str) -> str:
 
 
 def render(launcher: str, name: str = PROFILE_NAME) -> str:
-    """The profile that lets the launcher at ``launcher`` create user
-    namespaces: ``TEMPLATE`` with its path (and, if asked, its name)."""
-    header = f"profile {name} {attachment_for(launcher)} flags=(unconfined) {{"
-    return TEMPLATE.replace(TEMPLATE_HEADER, header).replace(TEMPLATE_LOCAL, f"<local/{name}>")
+    """The profiles that let the launcher at ``launcher`` create user
+    namespaces: ``TEMPLATE`` with its path and its sidecar's (and, if asked,
+    another name)."""
+    sidecar = os.path.join(os.path.dirname(launcher), "wg-wrap-sidecar")
+    return (
+        TEMPLATE.replace(TEMPLATE_HEADER, f"profile {name} {attachment_for(launcher)} {FLAGS}")
+        .replace(TEMPLATE_SIDECAR,
+                 f"  allow px {attachment_for(sidecar)} -> &{name}//&{name}-sidecar,")
+        .replace(TEMPLATE_PROGRAMS, f"  allow pix /** -> &{name}//&{name}-program,")
+        .replace(TEMPLATE_SIDECAR_HEADER, f"profile {name}-sidecar {FLAGS}")
+        .replace(TEMPLATE_PROGRAM_HEADER, f"profile {name}-program {FLAGS}")
+        .replace(TEMPLATE_LOCAL, f"<local/{name}>")
+    )
 
 
 def sysctl_command() -> str:

@@ -103,7 +103,11 @@ def test_unusable_tun_is_diagnosed_with_its_fix(
     lines = run.stderr.splitlines()
     assert lines[0].startswith("wg-wrap: error: starting the sidecar: creating TUN device tun0")
     assert lines[1].startswith("wg-wrap: hint: /dev/net/tun must exist and be readable")
-    assert list((user_runtime_dir / "wg-wrap").iterdir()) == [], "a failed start leaves nothing"
+    # Nothing left but the sidecar's log of the failed start, kept and named.
+    kept = user_runtime_dir / "wg-wrap" / "wg0.failed.log"
+    assert list((user_runtime_dir / "wg-wrap").iterdir()) == [kept]
+    assert lines[1].endswith(f"; the sidecar's log of this start is kept in {kept}")
+    assert "creating TUN device tun0" in kept.read_text()
 
 
 @pytest.mark.parametrize(

@@ -343,3 +343,15 @@ def test_ping_sockets_and_low_ports_work_inside(
     result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, *_python(stage, code))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "echo-reply\nbound 53\n"
+
+
+def test_run_v_shows_the_sidecars_log_of_its_start(
+    stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    conf = write_conf(user_tmp, test_user, client_config(Keys(), next_net(), silent_udp_port()))
+    done = wg_wrap_run(stage, test_user, user_runtime_dir, conf, "true", extra=("-v",))
+    assert done.returncode == 0, done.stderr
+    sidecar = [line for line in done.stderr.splitlines()
+               if line.startswith("wg-wrap: [sidecar.log] ")]
+    assert any("ready: tun0 (MTU 1420)" in line for line in sidecar), done.stderr
+    assert any("view:" in line for line in sidecar), done.stderr

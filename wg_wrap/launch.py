@@ -326,6 +326,7 @@ def _wait_ready(fd: int, sidecar: Sidecar, log_path: str, verbose: bool) -> None
         data += chunk
     line = data.decode(errors="replace").strip()
     if line == "READY":
+        _show_log(log_path, verbose)  # what the sidecar did to start: -v shows it
         return
     sidecar.exited(READY_TIMEOUT)  # it is on its way out
     _show_log(log_path, verbose)
@@ -346,9 +347,9 @@ def last_log_lines(path: str, count: int) -> list[str]:
 
 
 def _show_log(path: str, verbose: bool) -> None:
-    """With -v, the sidecar's log before the failed start is cleaned up."""
+    """With -v, the sidecar's log of its start (the last 50 lines of it)."""
     if verbose:
-        for line in last_log_lines(path, 20):
+        for line in last_log_lines(path, 50):
             os.write(2, f"wg-wrap: [sidecar.log] {line}\n".encode())
 
 

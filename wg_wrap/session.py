@@ -257,11 +257,39 @@ def sidecar_options(
     return options
 
 
+def _keep_log(profile: Profile, kept: list[str]) -> None:
+    """A start that failed removes the profile's directory, and its sidecar's
+    log with it: that log is kept beside it, as NAME.failed.log (the error
+    names it; the next start of NAME replaces it)."""
+    path = profile.dir + ".failed.log"
+    try:
+        if os.path.getsize(profile.log_path) == 0:
+            return
+        os.replace(profile.log_path, path)
+    except OSError:
+        return
+    kept.append(path)
+
+
 def start_profile(
     request: Request, cfg: wgconfig.Config, profile: Profile, mode: str,
     healing: Healing | None = None,
 ) -> Attached:
     """Bring a profile up; the caller holds the runtime lock."""
+    kept: list[str] = []
+    try:
+        return _start_profile(request, cfg, profile, mode, healing, kept)
+    except WgWrapError as e:
+        if kept:
+            e.hint = (e.hint + "; " if e.hint else "") + \
+                f"the sidecar's log of this start is kept in {kept[0]}"
+        raise
+
+
+def _start_profile(
+    request: Request, cfg: wgconfig.Config, profile: Profile, mode: str,
+    healing: Healing | None, kept: list[str],
+) -> Attached:
     verbose = request.verbose
     path = request.path
     table = routing_table(cfg)
@@ -269,8 +297,11 @@ def start_profile(
     with contextlib.ExitStack() as undo:
         if healing is None:
             trace(verbose, f"mkdir {profile.dir}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(profile.dir + ".failed.log")  # a new start, a new log
             profile.create_dir()
             undo.callback(profile.remove_dir)
+            undo.callback(_keep_log, profile, kept)  # runs first
         else:
             # What only a live sidecar may have; hold and resolv.conf stay:
             # the programs inside use them.

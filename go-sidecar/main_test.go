@@ -190,18 +190,27 @@ func TestListenerFromEnvTakesOnlyAListeningSocketOfItsType(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stream.Close()
-	f, err := stream.File()
+	// listenerFromEnv takes ownership of the descriptor it is given (it
+	// closes it): each call gets a raw duplicate that nothing else owns.
+	handOver := func(fd uintptr) {
+		dup, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("WG_WRAP_TEST_LISTENER_FD", strconv.Itoa(dup))
+	}
+	const name = "WG_WRAP_TEST_LISTENER_FD"
+	rc, err := stream.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	const name = "WG_WRAP_TEST_LISTENER_FD"
-	t.Setenv(name, strconv.Itoa(int(f.Fd())))
+	var raw uintptr
+	rc.Control(func(fd uintptr) { raw = fd })
+	handOver(raw)
 	if _, err := listenerFromEnv(name, unix.SOCK_SEQPACKET); err == nil {
 		t.Fatal("a stream socket was taken for a seqpacket one")
 	}
-	f2, _ := stream.File()
-	t.Setenv(name, strconv.Itoa(int(f2.Fd())))
+	handOver(raw)
 	l, err := listenerFromEnv(name, unix.SOCK_STREAM)
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +237,7 @@ func TestListenerFromEnvTakesOnlyAListeningSocketOfItsType(t *testing.T) {
 	r, w, _ := os.Pipe()
 	defer r.Close()
 	defer w.Close()
-	t.Setenv(name, strconv.Itoa(int(r.Fd())))
+	handOver(r.Fd())
 	if _, err := listenerFromEnv(name, unix.SOCK_STREAM); err == nil {
 		t.Error("a pipe was taken for a socket")
 	}

@@ -46,19 +46,24 @@ def configure(pidfd: int, plan: NetworkPlan, verbose: bool = False) -> None:
     """Apply ``plan`` inside the namespaces of the process behind ``pidfd``."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_end)
-        status = 0
+    if pid == 0:  # child: whatever happens, it ends here, silently
+        status = 1
         try:
-            _join(pidfd)
-            _apply(plan, verbose)
-            message = ""
-        except SetupError as e:
-            status, message = 1, e.message
-        except BaseException as e:
-            status, message = 1, f"{type(e).__name__}: {e}"
-        os.write(write_end, json.dumps({"error": message}).encode())
-        os._exit(status)
+            os.close(read_end)
+            try:
+                _join(pidfd)
+                _apply(plan, verbose)
+                status, message = 0, ""
+            except SetupError as e:
+                message = e.message
+            except BaseException as e:
+                message = f"{type(e).__name__}: {e}"
+            # The parent may be gone (killed mid-start): nobody to tell then.
+            os.write(write_end, json.dumps({"error": message}).encode())
+        except BaseException:
+            pass
+        finally:
+            os._exit(status)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as f:
         report = f.read()

@@ -108,8 +108,8 @@ class Request:
 
     @property
     def profile_name(self) -> str:
-        if self.name:
-            return self.name
+        if self.name is not None:  # given, even empty: checked as given
+            return runtime.check_profile_name(self.name)
         if self.config_path is None:
             raise UsageError(
                 "no config: give a config file with -c FILE, or a profile name with -n NAME",
@@ -257,6 +257,20 @@ def sidecar_options(
     return options
 
 
+def _same_key_elsewhere(profile: Profile, public_key: str) -> list[str]:
+    """The other running profiles with this public key (so this private key)."""
+    found = []
+    for other in runtime.list_profiles(os.path.dirname(profile.dir)):
+        state = other.read_state() if other.name != profile.name else None
+        if state is None or state.public_key != public_key:
+            continue
+        sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
+        if sidecar is not None:
+            sidecar.close()
+            found.append(other.name)
+    return found
+
+
 def _keep_log(profile: Profile, kept: list[str]) -> None:
     """A start that failed removes the profile's directory, and its sidecar's
     log with it: that log is kept beside it, as NAME.failed.log (the error
@@ -276,9 +290,15 @@ def start_profile(
     healing: Healing | None = None,
 ) -> Attached:
     """Bring a profile up; the caller holds the runtime lock."""
+    public_key = keys.encode(keys.public_key(cfg.interface.private_key))
+    if healing is None:
+        for other in _same_key_elsewhere(profile, public_key):
+            warn(f"profile {other} runs with the same private key: a peer answers only the "
+                 "profile that spoke to it last, and the other's traffic stalls (as with two "
+                 "wg-quick interfaces on one key); give each profile its own key")
     kept: list[str] = []
     try:
-        return _start_profile(request, cfg, profile, mode, healing, kept)
+        return _start_profile(request, cfg, profile, mode, healing, kept, public_key)
     except WgWrapError as e:
         if kept:
             e.hint = (e.hint + "; " if e.hint else "") + \
@@ -288,7 +308,7 @@ def start_profile(
 
 def _start_profile(
     request: Request, cfg: wgconfig.Config, profile: Profile, mode: str,
-    healing: Healing | None, kept: list[str],
+    healing: Healing | None, kept: list[str], public_key: str,
 ) -> Attached:
     verbose = request.verbose
     path = request.path
@@ -354,8 +374,7 @@ def _start_profile(
             created_at=time.time(), addresses=[str(a) for a in cfg.interface.addresses],
             dns=[str(s) for s in dns_servers], mtu=mtu,
             endpoints=hostnet.endpoint_strings(resolved),
-            public_key=keys.encode(keys.public_key(cfg.interface.private_key)),
-            listen_port=listen_port, ready=False,
+            public_key=public_key, listen_port=listen_port, ready=False,
             netns=netns, userns=userns, mntns=mntns, sockets=token,
         )
         profile.write_state(state)

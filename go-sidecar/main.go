@@ -38,6 +38,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"wg-wrap/go-sidecar/control"
 	"wg-wrap/go-sidecar/fdbind"
 	"wg-wrap/go-sidecar/hold"
 	"wg-wrap/go-sidecar/view"
@@ -209,8 +210,8 @@ func run(args []string, stderr io.Writer) (code int) {
 	uapiErrs := make(chan error, 1)
 	go serveUAPI(uapi, dev, logger.Errorf, uapiErrs)
 
-	control := startControl(controlListener, logger)
-	defer control.Close() // ends published ports and proxies
+	ctl := control.Start(controlListener, logger)
+	defer ctl.Close() // ends published ports and proxies
 
 	// Ignore SIGHUP: the sidecar runs detached in its own session.
 	signal.Ignore(unix.SIGHUP)
@@ -254,7 +255,7 @@ func run(args []string, stderr io.Writer) (code int) {
 	case err := <-uapiErrs:
 		logger.Errorf("UAPI listener failed: %v", err)
 		return exitFailure
-	case err := <-control.Errs():
+	case err := <-ctl.Errs():
 		logger.Errorf("control socket listener failed: %v", err)
 		return exitFailure
 	case <-dev.Wait():

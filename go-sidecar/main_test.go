@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"wg-wrap/go-sidecar/peer"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -226,11 +228,11 @@ func TestListenerFromEnvTakesOnlyAListeningSocketOfItsType(t *testing.T) {
 			c.Close()
 		}
 	}()
-	conn, err := acceptOwn(l, t.Logf)
+	conn, err := peer.AcceptOwn(l, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if uid, err := peerUID(conn); err != nil || uid != os.Getuid() {
+	if uid, err := peer.UID(conn); err != nil || uid != os.Getuid() {
 		t.Errorf("peer uid %d, %v", uid, err)
 	}
 	conn.Close()

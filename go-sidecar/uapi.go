@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/device"
+
+	"wg-wrap/go-sidecar/peer"
 )
 
 const (
@@ -48,52 +50,11 @@ func listenerFromEnv(name string, sotype int) (*net.UnixListener, error) {
 	return ul, nil
 }
 
-// acceptOwn accepts the next connection from a process of our own user:
-// an address in the host's abstract namespace is open to every local user,
-// so the kernel's word on who connected (SO_PEERCRED) decides, as the
-// socket file's mode 0600 did. Others are closed at once.
-func acceptOwn(l *net.UnixListener, logf func(string, ...any)) (*net.UnixConn, error) {
-	for {
-		conn, err := l.AcceptUnix()
-		if err != nil {
-			return nil, err
-		}
-		uid, err := peerUID(conn)
-		if err == nil && uid == os.Getuid() {
-			return conn, nil
-		}
-		if err != nil {
-			logf("refusing a connection on %v: %v", l.Addr(), err)
-		} else {
-			logf("refusing a connection on %v from uid %d", l.Addr(), uid)
-		}
-		conn.Close()
-	}
-}
-
-func peerUID(conn *net.UnixConn) (int, error) {
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return -1, err
-	}
-	if cerr != nil {
-		return -1, cerr
-	}
-	return int(cred.Uid), nil
-}
-
 // serveUAPI answers each UAPI connection with wireguard-go's protocol
 // handler until the listener fails; closing the listener ends it silently.
 func serveUAPI(l *net.UnixListener, dev *device.Device, logf func(string, ...any), errs chan<- error) {
 	for {
-		conn, err := acceptOwn(l, logf)
+		conn, err := peer.AcceptOwn(l, logf)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				errs <- err

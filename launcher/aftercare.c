@@ -264,8 +264,10 @@ bury_if_empty(const struct aftercare *a, int base, const char *name)
 {
   int profile, done = 0, members;
 
-  if (flock(base, LOCK_EX) < 0) {
-    warn_errno("locking the runtime directory");
+  /* Never waits for wg-wrap's lock: it looks again at the next tick. */
+  if (flock(base, LOCK_EX | LOCK_NB) < 0) {
+    if (errno != EWOULDBLOCK)
+      warn_errno("locking the runtime directory");
     return 0;
   }
   profile = openat(base, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);

@@ -239,7 +239,7 @@ def security(readme: Path) -> str:
         raise SystemExit(f"gen-docs: README.md has no section '## {README_SECURITY}'")
     blocks: list[str] = []
     for block in re.split(r"\n\s*\n", match.group(1).strip()):
-        if re.search(r"^(#|```|\||>|\d+\. )|\]\(|\*\*", block, flags=re.MULTILINE):
+        if re.search(r"^(#|```|\||>|\d+\. )|\]\(", block, flags=re.MULTILINE):
             raise SystemExit(
                 f"gen-docs: README section '{README_SECURITY}' uses markup the man page "
                 f"generator does not convert:\n{block}"
@@ -249,7 +249,13 @@ def security(readme: Path) -> str:
                        if item.strip()]
         else:
             blocks.append(paragraph(block))
-    return "\n".join(blocks)
+    return emphasis("\n".join(blocks))
+
+
+def emphasis(text: str) -> str:
+    """Markdown's **strong** in bold and *emphasis* in italics."""
+    text = re.sub(r"\*\*([^*\n]+)\*\*", r"\\fB\1\\fR", text)
+    return re.sub(r"(?<![\w*])\*([^*\s][^*\n]*?)\*(?![\w*])", r"\\fI\1\\fR", text)
 
 
 SEE_ALSO = ".BR wg (8),\n.BR wg\\-quick (8),\n.BR systemd.service (5),\n.BR user_namespaces (7)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import array
 import json
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,10 +21,15 @@ from wg_wrap import sockets
 from wg_wrap.errors import SetupError
 
 MAX_REPLY = 64 << 10
+# How long before giving up the client still lets the sidecar start a
+# request: a request that arrives later is refused, and one whose answer
+# the client does not take is undone (go-sidecar/control): what the user was
+# told failed never takes effect later.
+DEADLINE_MARGIN = 0.5
 
 
 class ControlClient:
-    def __init__(self, address: str, timeout: float = 10.0) -> None:
+    def __init__(self, address: str, timeout: float = 5.0) -> None:
         self.address = address
         self.timeout = timeout
 
@@ -31,6 +37,8 @@ class ControlClient:
         """Send one request (with ``fds`` attached) and return the answer;
         a refusal raises SetupError with the sidecar's reason."""
         op = message.get("op", "?")
+        deadline = time.monotonic_ns() + int((self.timeout - DEADLINE_MARGIN) * 1e9)
+        message = {**message, "deadline_ns": deadline}
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.settimeout(self.timeout)
             try:
@@ -41,6 +49,12 @@ class ControlClient:
                 )
                 sock.sendmsg([json.dumps(message).encode()], ancillary)
                 data = sock.recv(MAX_REPLY)
+            except TimeoutError as e:
+                raise SetupError(
+                    f"the sidecar did not answer {op} within {self.timeout:g} s: not done",
+                    hint="is it stopped? `wg-wrap ls` shows it (a request it gets too late "
+                    "is refused, and one whose answer nobody takes is undone)",
+                ) from e
             except OSError as e:
                 raise SetupError(
                     f"talking to the sidecar's control socket ({op}): "

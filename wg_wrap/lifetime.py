@@ -87,16 +87,47 @@ def attach_running(profile: Profile, state: State | None = None) -> Attached | N
         fcntl.flock(hold_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         # An ephemeral sidecar holds the lock exclusively from the moment it
-        # finds itself unused until it is gone: it is ending. The lock comes
-        # free as its descriptors close, a moment before its pidfd says it
-        # exited; wait for both, then start afresh.
-        fcntl.flock(hold_fd, fcntl.LOCK_SH)
-        sidecar.exited(EPHEMERAL_END_WAIT)
+        # finds itself unused until it is gone: it is ending. Waiting for
+        # that here would hold the runtime lock all profiles need: the
+        # caller waits, without it (wait_until_ended), then starts afresh.
         os.close(hold_fd)
         sidecar.close()
-        return None
+        raise Ending(profile.name, pid) from None
     # Held: from now on the sidecar cannot find itself unused.
     return Attached(profile, sidecar, hold_fd, mode)
+
+
+class Ending(Exception):
+    """The profile's ephemeral sidecar is ending (it holds ``hold``
+    exclusively until it is gone): wait for it (wait_until_ended) without
+    the runtime lock, then look again."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        super().__init__(name)
+        self.name = name
+        self.pid = pid
+
+
+def wait_until_ended(ending: Ending) -> None:
+    """Wait (bounded) for an ending sidecar to be gone; a ProfileError when
+    it does not end (stopped, say)."""
+    from wg_wrap.errors import ProfileError
+
+    try:
+        pidfd = os.pidfd_open(ending.pid)
+    except OSError:
+        return  # gone already
+    try:
+        import select
+
+        if not select.select([pidfd], [], [], EPHEMERAL_END_WAIT)[0]:
+            raise ProfileError(
+                f"profile {ending.name!r} is ending, but its sidecar (pid {ending.pid}) has "
+                f"not finished within {EPHEMERAL_END_WAIT:g} s",
+                hint=f"is it stopped (`kill -CONT {ending.pid}`)? `wg-wrap ls` shows it",
+            )
+    finally:
+        os.close(pidfd)
 
 
 def leave(attached: Attached) -> None:

@@ -239,8 +239,8 @@ def _live_state(profile: Profile) -> State:
 
 def publish(name: str, specs: list[PortSpec], verbose: bool = False) -> list[str]:
     """``wg-wrap publish NAME SPEC...`` on a running profile."""
-    base, profile = _running(name)
-    with runtime.locked(base):
+    _, profile = _running(name)
+    with runtime.profile_locked(profile):
         state = _live_state(profile)
         opened = open_host_sockets(ReachRequest(publish=tuple(specs)))
         done = len(state.published)
@@ -256,9 +256,9 @@ def publish(name: str, specs: list[PortSpec], verbose: bool = False) -> list[str
 
 def unpublish(name: str, targets: list[tuple[int, str]], verbose: bool = False) -> list[str]:
     """``wg-wrap unpublish NAME HOSTPORT[/udp]...`` on a running profile."""
-    base, profile = _running(name)
+    _, profile = _running(name)
     done = []
-    with runtime.locked(base):
+    with runtime.profile_locked(profile):
         state = _live_state(profile)
         client = ControlClient(state.control_address)
         try:

@@ -92,20 +92,79 @@ def base_dir(create: bool = True) -> str:
     return make_private_dir(path)
 
 
+# How long a command waits for a lock another wg-wrap command holds: their
+# critical sections are short and bounded (docs/design.md, "Locks and
+# timeouts"), so a wait longer than this means something is stuck.
+LOCK_WAIT = 15.0
+
+
+def _flock_within(fd: int, how: int, timeout: float, what: str) -> None:
+    """flock(fd, how), waiting at most ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise ProfileError(
+                    f"{what} has been held by another wg-wrap command for {timeout:g} s",
+                    hint="a command stuck or stopped (Ctrl-Z?) holds it: finish or kill it",
+                ) from None
+            time.sleep(0.01)
+
+
 class locked:
-    """Serialize operations on the user's profiles (start, join, stop, cleanup).
+    """The runtime lock: the set of profiles (creating, starting, joining,
+    stopping, removing one). Held briefly: nothing under it waits on a
+    running sidecar beyond a bounded start, and acquiring it is bounded too.
+    Operations on one running profile's sidecar (publish, unpublish) take
+    that profile's lock instead (profile_locked)."""
 
-    One lock for all profiles: the critical sections are short (a start takes
-    a fraction of a second) and a single lock cannot deadlock.
-    """
-
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, timeout: float = LOCK_WAIT) -> None:
         self.base = base
+        self.timeout = timeout
         self.fd = -1
 
     def __enter__(self) -> None:
         self.fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            _flock_within(self.fd, fcntl.LOCK_EX, self.timeout,
+                          f"the runtime lock ({self.base})")
+        except BaseException:
+            os.close(self.fd)
+            self.fd = -1
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+        self.fd = -1
+
+
+class profile_locked:
+    """One profile's lock (flock on its directory): serializes what talks to
+    its sidecar and rewrites its state.toml (publish, unpublish), without
+    holding up any other profile."""
+
+    def __init__(self, profile: Profile, timeout: float = LOCK_WAIT) -> None:
+        self.profile = profile
+        self.timeout = timeout
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        try:
+            self.fd = os.open(self.profile.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ProfileError(f"profile {self.profile.name!r} is not running") from None
+        try:
+            _flock_within(self.fd, fcntl.LOCK_EX, self.timeout,
+                          f"the lock of profile {self.profile.name}")
+        except BaseException:
+            os.close(self.fd)
+            self.fd = -1
+            raise
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)

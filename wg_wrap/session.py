@@ -29,6 +29,7 @@ from wg_wrap.join import not_running
 from wg_wrap.lifetime import (
     EPHEMERAL_END_WAIT,
     Attached,
+    Ending,
     attach_running,
     left_inside,
     namespace_members,
@@ -37,6 +38,7 @@ from wg_wrap.lifetime import (
     stranded,
     take_hold,
     trace,
+    wait_until_ended,
 )
 from wg_wrap.reach import ReachRequest
 from wg_wrap.runtime import Profile, State
@@ -290,6 +292,7 @@ def start_profile(
     healing: Healing | None = None,
 ) -> Attached:
     """Bring a profile up; the caller holds the runtime lock."""
+    version.check_helpers()  # before the sidecar derives the public key
     public_key = keys.encode(keys.public_key(cfg.interface.private_key))
     if healing is None:
         for other in _same_key_elsewhere(profile, public_key):
@@ -313,7 +316,6 @@ def _start_profile(
     verbose = request.verbose
     path = request.path
     table = routing_table(cfg)
-    version.check_helpers()
     with contextlib.ExitStack() as undo:
         if healing is None:
             trace(verbose, f"mkdir {profile.dir}")
@@ -484,7 +486,17 @@ def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
 
 
 def acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
-    """Join the named profile if it is up with this config, else start it."""
+    """Join the named profile if it is up with this config, else start it.
+    A profile whose ephemeral sidecar is ending is waited for without the
+    runtime lock (bounded), then started afresh."""
+    try:
+        return _acquire(request, cfg, mode)
+    except Ending as ending:
+        wait_until_ended(ending)
+    return _acquire(request, cfg, mode)
+
+
+def _acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
     base = runtime.base_dir()
     profile = Profile.at(base, request.profile_name)
     digest = wgconfig.config_digest(cfg)
@@ -575,8 +587,12 @@ def join_by_name(request: Request) -> Attached | None:
     if not os.path.isdir(base):
         return None
     profile = Profile.at(base, request.name)
-    with runtime.locked(base):
-        attached = attach_running(profile)
+    try:
+        with runtime.locked(base):
+            attached = attach_running(profile)
+    except Ending as ending:
+        wait_until_ended(ending)  # then it is not running: started afresh
+        return None
     if attached is not None:
         trace(request.verbose, f"joining running profile {profile.name}")
     return attached

@@ -1,7 +1,8 @@
-package main
+package control
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -21,7 +22,7 @@ import (
 // The control socket in the test's own namespace: "inside" and "the host"
 // are then the same loopback, which the relaying cannot tell apart.
 
-func startTestControl(t *testing.T) (*control, string) {
+func startTestControl(t *testing.T) (*Server, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "control.sock")
 	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
@@ -29,13 +30,13 @@ func startTestControl(t *testing.T) (*control, string) {
 		t.Fatal(err)
 	}
 	logger := &device.Logger{Verbosef: t.Logf, Errorf: t.Logf}
-	c := startControl(l, logger)
+	c := Start(l, logger)
 	t.Cleanup(c.Close)
 	return c, path
 }
 
 // request sends one control request with files attached, as wg-wrap does.
-func request(t *testing.T, path string, req string, files ...*os.File) controlReply {
+func request(t *testing.T, path string, req string, files ...*os.File) Reply {
 	t.Helper()
 	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
@@ -59,7 +60,7 @@ func request(t *testing.T, path string, req string, files ...*os.File) controlRe
 	if err != nil {
 		t.Fatal(err)
 	}
-	var reply controlReply
+	var reply Reply
 	if err := json.Unmarshal(buf[:n], &reply); err != nil {
 		t.Fatalf("reply %q: %v", buf[:n], err)
 	}
@@ -195,7 +196,7 @@ func TestControlRefusesBadRequests(t *testing.T) {
 		{`{"op":"format-disk"}`, nil, "unknown op"},
 		{`{"op":"list","extra":1}`, nil, "malformed request"},
 		{`not json`, nil, "malformed request"},
-		{`{"op":"publish","proto":"tcp","port":80}`, nil, "takes 1 socket"},
+		{`{"op":"publish","proto":"tcp","port":80}`, nil, "takes the host socket, got 0"},
 		{`{"op":"publish","proto":"tcp","port":80}`, []*os.File{udpFile}, "socket type"},
 		{`{"op":"publish","proto":"tcp","port":80}`, []*os.File{pipeR}, "not a socket"},
 		{`{"op":"publish","proto":"sctp","port":80}`, []*os.File{l}, "unknown protocol"},
@@ -209,6 +210,68 @@ func TestControlRefusesBadRequests(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// A request that comes after its client stopped waiting is not carried out.
+func TestControlRefusesARequestPastItsDeadline(t *testing.T) {
+	c, path := startTestControl(t)
+	f, _ := hostListener(t)
+	late := now() - int64(time.Millisecond)
+	reply := request(t, path, fmt.Sprintf(`{"op":"publish","proto":"tcp","port":80,"deadline_ns":%d}`, late), f)
+	if !strings.Contains(reply.Error, "came too late") {
+		t.Fatalf("reply %+v", reply)
+	}
+	soon := now() + int64(10*time.Second)
+	if reply := request(t, path, fmt.Sprintf(`{"op":"list","deadline_ns":%d}`, soon)); reply.Error != "" {
+		t.Fatalf("in time: %+v", reply)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.published) != 0 {
+		t.Fatalf("published anyway: %v", c.published)
+	}
+}
+
+// A request whose answer cannot be delivered (the client gave up and went)
+// is undone: no ghost published port, no proxy nobody was told of.
+func TestControlUndoesWhatItCouldNotAnswer(t *testing.T) {
+	c, path := startTestControl(t)
+	f, _ := hostListener(t)
+	proxyListener, _ := hostListener(t)
+	for _, tc := range []struct {
+		req  string
+		file *os.File
+	}{
+		{`{"op":"publish","proto":"tcp","port":80}`, f},
+		{`{"op":"http-proxy"}`, proxyListener},
+	} {
+		conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The client sends, then goes before the answer: the sidecar was
+		// stopped, the client timed out.
+		c.mu.Lock()
+		if _, _, err := conn.WriteMsgUnix([]byte(tc.req), unix.UnixRights(int(tc.file.Fd())), nil); err != nil {
+			t.Fatal(err)
+		}
+		conn.CloseRead()
+		conn.Close()
+		c.mu.Unlock()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.mu.Lock()
+		left := len(c.published) != 0 || c.http != nil
+		c.mu.Unlock()
+		if !left {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("what nobody was told of is still served")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
 
 func TestControlCloseDoesNotWaitForIdleClients(t *testing.T) {
 	c, path := startTestControl(t)

@@ -29,3 +29,32 @@ func (l *lifePipe) endedOnPurpose() {
 		l.file.Close()
 	}
 }
+
+const (
+	envStartFD = "WG_WRAP_START_FD"
+	// startDone is what wg-wrap writes on the start pipe once the profile
+	// is recorded and looked after: from then on the sidecar is on its own.
+	startDone = 'k'
+)
+
+// abandonedFromEnv watches the start pipe, whose write end the wg-wrap
+// command that starts the profile holds: the returned channel closes when
+// that command went (killed, say) before it finished the start, so that no
+// sidecar nobody recorded or configured is left running. Nil without a pipe.
+func abandonedFromEnv() (<-chan struct{}, error) {
+	fd, err := fdFromEnv(envStartFD, false)
+	if err != nil || fd < 0 {
+		return nil, err
+	}
+	os.Unsetenv(envStartFD)
+	pipe := os.NewFile(uintptr(fd), "start-pipe")
+	abandoned := make(chan struct{})
+	go func() {
+		defer pipe.Close()
+		var b [1]byte
+		if n, _ := pipe.Read(b[:]); n != 1 || b[0] != startDone {
+			close(abandoned)
+		}
+	}()
+	return abandoned, nil
+}

@@ -121,6 +121,10 @@ func run(args []string, stderr io.Writer) (code int) {
 	if err != nil {
 		return fail(exitFailure, envLifeFD, err)
 	}
+	abandoned, err := abandonedFromEnv()
+	if err != nil {
+		return fail(exitFailure, envStartFD, err)
+	}
 	// Last of all: an end on purpose tells the aftercare process so; any
 	// other end (a failure, or no end at all: SIGKILL) leaves it to act.
 	defer func() {
@@ -248,6 +252,9 @@ func run(args []string, stderr io.Writer) (code int) {
 	case sig := <-term:
 		logger.Verbosef("shutting down on %v", sig)
 		return exitOK
+	case <-abandoned:
+		logger.Errorf("wg-wrap went before the start was done: ending")
+		return exitFailure
 	case <-unused:
 		logger.Verbosef("shutting down: no holder of the lock and no process left in the namespace")
 		removeState = true

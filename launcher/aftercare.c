@@ -309,6 +309,17 @@ bury(const struct aftercare *a)
 
 /* ---- the command ------------------------------------------------------------ */
 
+/* Whether wg-wrap stopped the sidecar on purpose (`down`: it makes the file
+ * `stopping` before its SIGTERM, and a SIGKILL after the grace is no crash). */
+static int
+stopped_on_purpose(const struct aftercare *a)
+{
+  char path[PATH_MAX];
+
+  snprintf(path, sizeof path, "%s/stopping", a->profile_dir);
+  return faccessat(AT_FDCWD, path, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
 /* Blocks until the life pipe ends; 1 when the sidecar died (end of file
  * without the mark), 0 when it ended on purpose. */
 static int
@@ -376,7 +387,7 @@ cmd_aftercare(int argc, char *argv[])
     aftercare_usage("--life-fd is not open");
   signal(SIGHUP, SIG_IGN);
   signal(SIGINT, SIG_IGN);
-  if (!sidecar_died(a.life_fd))
+  if (!sidecar_died(a.life_fd) || stopped_on_purpose(&a))
     exit(0);
   tell_members(&a);
   bury(&a);

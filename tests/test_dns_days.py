@@ -380,7 +380,8 @@ def test_the_dns_view_holds_while_the_host_changes(
     seen = lookups_during_changes(tool, tool.stage.wg_wrap("exec", "wg0", "--"), wgwrap_server,
                                   netns)
     view = view_status(tool, "wg0")
-    assert view["intact"] and view["dns"] == "profile", view
+    assert view["intact"], f"the view broke: {view.get('problem')}"
+    assert view["dns"] == "profile", view
     # Every change to resolv.conf, /run's entries and /run/systemd's, three
     # times over: each one followed, or kept out.
     assert isinstance(view["absorbed"], int) and view["absorbed"] >= 3 * 8, view

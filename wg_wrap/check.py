@@ -331,6 +331,12 @@ def attach(args: argparse.Namespace) -> Attached:
         attached = None
     if attached is None:
         raise not_running(name)
+    try:
+        launch.refuse_stopped(name, attached.sidecar.pid)
+    except ProfileError:
+        attached.release()
+        attached.sidecar.close()
+        raise
     return attached
 
 

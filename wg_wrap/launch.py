@@ -13,7 +13,7 @@ import time
 
 from wg_wrap import __version__, paths
 from wg_wrap.errors import ProfileError, SetupError
-from wg_wrap.runtime import Profile, process_start_time
+from wg_wrap.runtime import Profile, process_start_time, process_stopped
 
 TYPE_CHECKING = False  # not `from typing import`: typing is slow to import
 if TYPE_CHECKING:  # the join path imports this module: keep it light
@@ -31,6 +31,7 @@ else:
 READY_TIMEOUT = 10.0
 PROXY_AUTH_VARIABLE = "WG_WRAP_PROXY_AUTH"
 NAMESPACES = ("user", "net", "mnt")
+START_DONE = b"k"  # on the start pipe (WG_WRAP_START_FD)
 
 
 def namespace_links(pid: int) -> tuple[str, str, str] | None:
@@ -71,12 +72,23 @@ class Sidecar:
         # The read end of its life pipe, for its aftercare process: set by
         # start_sidecar until start_aftercare hands it over.
         self.life_fd = -1
+        # The write end of its start pipe, set by start_sidecar: a sidecar
+        # whose start is not done (done()) when it closes ends by itself.
+        self.start_fd = -1
+
+    def done(self) -> None:
+        """The start is done (recorded, configured, looked after): the
+        sidecar no longer depends on this process."""
+        if self.start_fd >= 0:
+            os.write(self.start_fd, START_DONE)
+            os.close(self.start_fd)
+            self.start_fd = -1
 
     def close(self) -> None:
-        for fd in (self.pidfd, self.life_fd):
+        for fd in (self.pidfd, self.life_fd, self.start_fd):
             if fd >= 0:
                 os.close(fd)
-        self.pidfd = self.life_fd = -1
+        self.pidfd = self.life_fd = self.start_fd = -1
 
     def exited(self, timeout: float | None = 0.0) -> bool:
         """Whether it has ended, waiting up to timeout seconds (None: until it does)."""
@@ -129,6 +141,16 @@ def open_sidecar(
             "refusing to use it", hint="`wg-wrap down --force NAME` stops it")
     sidecar.namespaces = links
     return sidecar
+
+
+def refuse_stopped(name: str, pid: int) -> None:
+    """A stopped sidecar answers nothing until continued: rather than wait for
+    it to time out, say so at once."""
+    if process_stopped(pid):
+        raise ProfileError(
+            f"the sidecar of profile {name} (pid {pid}) is stopped: it answers nothing",
+            hint=f"`kill -CONT {pid}` continues it",
+        )
 
 
 class Entry:
@@ -185,11 +207,13 @@ def start_sidecar(
         raise SetupError(f"the sidecar's sockets: {e.strerror or e}") from e
     ready_r, ready_w = os.pipe()
     life_r, life_w = os.pipe()
+    start_r, start_w = os.pipe()
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)  # systemd's readiness is ours to report, not the sidecar's
     env["WG_WRAP_HOST_SOCKET_FD"] = str(host_socket.fileno())
     env["WG_WRAP_READY_FD"] = str(ready_w)
     env["WG_WRAP_LIFE_FD"] = str(life_w)
+    env["WG_WRAP_START_FD"] = str(start_r)
     env["WG_WRAP_UAPI_FD"] = str(passed[-2].fileno())
     env["WG_WRAP_CONTROL_FD"] = str(passed[-1].fileno())
     env["WG_WRAP_STATE_DIR_FD"] = str(state_fd)
@@ -197,21 +221,24 @@ def start_sidecar(
         env["WG_WRAP_HOST_DNS_FD"] = str(dns_socket.fileno())
     log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        fds = (*(s.fileno() for s in passed), state_fd, ready_w, life_w,
+        fds = (*(s.fileno() for s in passed), state_fd, ready_w, life_w, start_r,
                *([enter.pidfd] if enter is not None else []))
         sidecar = (_detached_sidecar if detach else _spawn_child)(argv, env, fds, log_fd)
     except OSError as e:
         os.close(ready_r)
         os.close(life_r)
+        os.close(start_w)
         raise SetupError(f"starting {argv[0]}: {e.strerror or e}") from e
     finally:
         os.close(ready_w)
         os.close(life_w)
+        os.close(start_r)
         os.close(log_fd)
         os.close(state_fd)
         for sock in passed:
             sock.close()
     sidecar.life_fd = life_r
+    sidecar.start_fd = start_w
     try:
         _wait_ready(ready_r, sidecar, profile.log_path, verbose)
         links = namespace_links(sidecar.pid)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 
 from wg_wrap import launch, runtime
 from wg_wrap.runtime import Profile, State
@@ -37,6 +38,10 @@ EPHEMERAL_END_WAIT = 2.0
 def trace(verbose: bool, message: str) -> None:
     if verbose:
         os.write(2, f"wg-wrap: [#] {message}\n".encode())
+
+
+def warn(message: str) -> None:
+    print(f"wg-wrap: warning: {message}", file=sys.stderr, flush=True)
 
 
 class Attached:
@@ -145,6 +150,7 @@ def leave(attached: Attached) -> None:
 def stop_started(attached: Attached) -> None:
     """Undo a start whose later step (the handshake) failed."""
     attached.release()
+    attached.profile.mark_stopping()
     attached.sidecar.stop()
     with runtime.locked(os.path.dirname(attached.profile.dir)):
         attached.profile.remove_dir()

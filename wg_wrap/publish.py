@@ -13,13 +13,13 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from wg_wrap import launch, runtime
 from wg_wrap.control import ControlClient
 from wg_wrap.errors import ProfileError, SetupError
 from wg_wrap.join import not_running
-from wg_wrap.lifetime import trace
+from wg_wrap.lifetime import trace, warn
 from wg_wrap.reach import IPAddress, PortSpec, ProxySpec, ReachRequest
 from wg_wrap.runtime import Profile, State
 
@@ -70,6 +70,10 @@ def _bind_error(e: OSError, address: str, what: str) -> SetupError:
     return SetupError(f"cannot listen on {address} ({what}): {e.strerror}")
 
 
+def _taken(e: SetupError) -> bool:
+    return isinstance(e.__cause__, OSError) and e.__cause__.errno == errno.EADDRINUSE
+
+
 def listen_tcp(host: IPAddress, port: int, what: str) -> socket.socket:
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
@@ -100,23 +104,40 @@ def _bound_port(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
-def open_host_sockets(req: ReachRequest | None) -> HostSockets:
+def open_host_sockets(req: ReachRequest | None, again: bool = False) -> HostSockets:
     """Open every socket ``req`` asks for, on the host; on failure none is
-    left open.  Ports given as 0 are chosen by the kernel and filled in."""
+    left open.  Ports given as 0 are chosen by the kernel and filled in.
+
+    ``again``: a heal opens what the dead sidecar had; a host port taken
+    since is left out with a warning (the programs inside need their tunnel
+    back more than that port)."""
     opened = HostSockets()
     if not req:
         return opened
     try:
         for spec in req.publish:
             what = f"published port {spec}"
-            if spec.proto == "tcp":
-                sock = listen_tcp(spec.host, spec.host_port, what)
-            else:
-                sock = bind_udp(spec.host, spec.host_port, what)
+            try:
+                if spec.proto == "tcp":
+                    sock = listen_tcp(spec.host, spec.host_port, what)
+                else:
+                    sock = bind_udp(spec.host, spec.host_port, what)
+            except SetupError as e:
+                if not again or not _taken(e):
+                    raise
+                warn(f"{e.message}: not published again")
+                continue
             actual = PortSpec(spec.host, _bound_port(sock), spec.port, spec.proto)
             opened.publish.append((actual, sock))
         if req.socks:
-            listener = listen_tcp(req.socks.host, req.socks.port, "SOCKS5 proxy")
+            try:
+                listener = listen_tcp(req.socks.host, req.socks.port, "SOCKS5 proxy")
+            except SetupError as e:
+                if not again or not _taken(e):
+                    raise
+                warn(f"{e.message}: not started again")
+                req = replace(req, socks=None)
+        if req.socks:
             actual_socks = ProxySpec(req.socks.host, _bound_port(listener))
             try:
                 # UDP ASSOCIATE's relay: on the proxy's own address, never
@@ -137,8 +158,14 @@ def open_host_sockets(req: ReachRequest | None) -> HostSockets:
                 raise SetupError(f"cannot open a NETLINK_SOCK_DIAG socket: {e.strerror}") from e
             opened.socks = (actual_socks, listener, relay, diag)
         if req.http_proxy:
-            listener = listen_tcp(req.http_proxy.host, req.http_proxy.port, "HTTP proxy")
-            opened.http = (ProxySpec(req.http_proxy.host, _bound_port(listener)), listener)
+            try:
+                listener = listen_tcp(req.http_proxy.host, req.http_proxy.port, "HTTP proxy")
+            except SetupError as e:
+                if not again or not _taken(e):
+                    raise
+                warn(f"{e.message}: not started again")
+            else:
+                opened.http = (ProxySpec(req.http_proxy.host, _bound_port(listener)), listener)
     except BaseException:
         opened.close()
         raise
@@ -234,6 +261,7 @@ def _live_state(profile: Profile) -> State:
     if sidecar is None:
         raise not_running(profile.name)
     sidecar.close()
+    launch.refuse_stopped(profile.name, state.sidecar_pid)
     return state
 
 

@@ -35,6 +35,10 @@ HOLD_FILE = "hold"
 RERESOLVE_PLAN = "reresolve.json"  # written by wg-wrap: the names to re-resolve
 ENDPOINTS_FILE = "endpoints.json"  # written by the sidecar: what they resolve to
 VIEW_FILE = "view.json"  # written by the sidecar: the namespace's view of the host
+# Made by whoever stops a sidecar on purpose, before it signals it: the
+# aftercare, seeing the sidecar end without its clean mark (killed after its
+# grace), then says nothing to the programs inside.
+STOPPING_FILE = "stopping"
 
 
 def check_profile_name(name: str) -> str:
@@ -320,11 +324,20 @@ class Profile:
     def remove_sidecar_files(self) -> None:
         """What a dead sidecar left that its successor must make anew: the
         files of its re-resolution and of its view."""
-        for name in (RERESOLVE_PLAN, ENDPOINTS_FILE, VIEW_FILE, STATE_FILE + ".tmp"):
+        for name in (RERESOLVE_PLAN, ENDPOINTS_FILE, VIEW_FILE, STOPPING_FILE,
+                     STATE_FILE + ".tmp"):
             try:
                 os.unlink(os.path.join(self.dir, name))
             except FileNotFoundError:
                 pass
+
+    def mark_stopping(self) -> None:
+        """Say that the sidecar is being stopped on purpose (STOPPING_FILE)."""
+        try:
+            os.close(os.open(os.path.join(self.dir, STOPPING_FILE),
+                             os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+        except FileNotFoundError:
+            pass
 
     def remove_dir(self) -> None:
         import shutil
@@ -398,6 +411,17 @@ def process_start_time(pid: int) -> int | None:
     # The command name (field 2) may contain spaces and parentheses.
     fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[19])
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether pid is stopped (SIGSTOP, Ctrl-Z, a tracer): it answers nothing
+    until continued."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2 :][:1] in (b"T", b"t")
 
 
 def list_profiles(base: str) -> list[Profile]:

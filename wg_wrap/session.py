@@ -39,6 +39,7 @@ from wg_wrap.lifetime import (
     take_hold,
     trace,
     wait_until_ended,
+    warn,
 )
 from wg_wrap.reach import ReachRequest
 from wg_wrap.runtime import Profile, State
@@ -48,10 +49,6 @@ NS_GET_PARENT = 0xB702  # <linux/nsfs.h>: _IO(0xb7, 0x2)
 PROGRESS_INTERVAL = 5.0  # seconds between STATUS= reports while waiting
 MAIN_TABLE = 254
 IFNAME = "tun0"
-
-
-def warn(message: str) -> None:
-    print(f"wg-wrap: warning: {message}", file=sys.stderr, flush=True)
 
 
 def config_dir() -> str:
@@ -223,6 +220,7 @@ class Healing:
 
     state: State  # the dead sidecar's
     entry: launch.Entry  # a program left inside, and the namespaces it must be in
+    reach_again: bool = False  # reach is the dead sidecar's: a port taken since is left out
 
 
 def hidden_dirs(profile: Profile) -> list[str]:
@@ -340,7 +338,8 @@ def _start_profile(
         dns_socket = _reresolution(request, cfg, profile, host_socket.family)
         if dns_socket is not None:
             undo.callback(dns_socket.close)
-        reach_sockets = publish.open_host_sockets(request.reach)
+        again = healing is not None and healing.reach_again
+        reach_sockets = publish.open_host_sockets(request.reach, again=again)
         undo.callback(reach_sockets.close)
 
         dns_servers = request.dns or cfg.interface.dns_servers
@@ -397,6 +396,7 @@ def _start_profile(
         state.ready = True
         profile.write_state(state)
         launch.start_aftercare(profile, sidecar, state.config_path)
+        sidecar.done()  # killed before this, the sidecar would have ended by itself
         undo.pop_all()
     return Attached(profile, sidecar, hold_fd, mode, started=True)
 
@@ -476,10 +476,11 @@ def heal(request: Request, cfg: wgconfig.Config, profile: Profile, state: State,
             print(f"wg-wrap: profile {profile.name}: its sidecar died with {len(ways_in)} "
                   f"program{'s' if len(ways_in) != 1 else ''} inside; starting a new one in "
                   "their namespaces", file=sys.stderr, flush=True)
-            if not request.reach:  # nothing new asked: what the dead sidecar had
+            again = not request.reach
+            if again:  # nothing new asked: what the dead sidecar had
                 request = replace(request, reach=_reach_again(state))
             return start_profile(request, cfg, profile, state.mode,
-                                 Healing(state, launch.Entry(pidfd, recorded)))
+                                 Healing(state, launch.Entry(pidfd, recorded), again))
         finally:
             os.close(pidfd)
     return None
@@ -707,6 +708,8 @@ def up_foreground(request: Request, wait: bool = True, timeout: float = 15.0) ->
         except StopRequested:
             _take_down(attached, request.verbose)
             return 0
+        except HealFailed:
+            raise
         except BaseException:
             _take_down(attached, request.verbose)
             raise
@@ -723,11 +726,30 @@ def _heal_supervised(
         members = left_inside(state) if state is not None else []
         if state is None or not members:
             return None
-        healed = heal(request, cfg, dead.profile, state, members)
+        try:
+            # What the dead sidecar had, on the same host ports (not the
+            # request's again: `-p 0:80` would come back on another port).
+            healed = heal(replace(request, reach=None), cfg, dead.profile, state, members)
+        except WgWrapError as e:
+            # Its directory stays, with the programs inside (`ls` shows the
+            # profile dead): a later `up` may bring it back.
+            dead.release()
+            dead.sidecar.close()
+            raise HealFailed(
+                f"profile {dead.profile.name}: its sidecar died and a new one did not start: "
+                f"{e.message}",
+                hint=f"the programs inside have no network; `wg-wrap up -n {dead.profile.name}` "
+                     "tries again, `wg-wrap down` ends them",
+            ) from e
     if healed is not None:
         dead.release()
         dead.sidecar.close()
     return healed
+
+
+class HealFailed(SetupError):
+    """A supervised profile's sidecar could not be replaced: its directory,
+    with programs inside, is left for a later heal."""
 
 
 def _sidecar_died(attached: Attached) -> SetupError:
@@ -786,6 +808,7 @@ def down(name: str, force: bool = False, verbose: bool = False) -> str:
                     "they keep running without any network",
                 )
             trace(verbose, f"stopping sidecar {sidecar.pid}")
+            profile.mark_stopping()
             sidecar.stop()
             profile.remove_dir()
         finally:

@@ -61,7 +61,9 @@ def collect(profile: Profile, by_netns: dict[str, list[int]] | None = None) -> P
         return ProfileStatus(profile, state, False, members=tuple(left))
     try:
         try:
-            device = uapi.UAPIClient(state.uapi_address, timeout=UAPI_TIMEOUT).get()
+            # A stopped sidecar would answer only once continued: not asked.
+            device = None if runtime.process_stopped(sidecar.pid) else \
+                uapi.UAPIClient(state.uapi_address, timeout=UAPI_TIMEOUT).get()
         except UAPIError:
             device = None  # shown as not responding
         members = lifetime.namespace_members(sidecar.pid, scan=by_netns)
@@ -132,13 +134,7 @@ def view_summary(st: ProfileStatus) -> str:
 
 def not_responding(pid: int) -> str:
     """What a live sidecar that did not answer is shown as."""
-    import psutil
-
-    try:
-        stopped = psutil.Process(pid).status() == psutil.STATUS_STOPPED
-    except psutil.Error:
-        stopped = False
-    return "not responding (stopped)" if stopped else "not responding"
+    return "not responding (stopped)" if runtime.process_stopped(pid) else "not responding"
 
 
 def _published(state: State) -> list[dict[str, Any]]:

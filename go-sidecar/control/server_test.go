@@ -24,12 +24,16 @@ import (
 
 func startTestControl(t *testing.T) (*Server, string) {
 	t.Helper()
+	return startLoggedControl(t, &device.Logger{Verbosef: t.Logf, Errorf: t.Logf})
+}
+
+func startLoggedControl(t *testing.T, logger *device.Logger) (*Server, string) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "control.sock")
 	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger := &device.Logger{Verbosef: t.Logf, Errorf: t.Logf}
 	c := Start(l, logger)
 	t.Cleanup(c.Close)
 	return c, path
@@ -234,7 +238,10 @@ func TestControlRefusesARequestPastItsDeadline(t *testing.T) {
 // A request whose answer cannot be delivered (the client gave up and went)
 // is undone: no ghost published port, no proxy nobody was told of.
 func TestControlUndoesWhatItCouldNotAnswer(t *testing.T) {
-	c, path := startTestControl(t)
+	undone := make(chan string, 4)
+	c, path := startLoggedControl(t, &device.Logger{Verbosef: t.Logf, Errorf: func(format string, args ...any) {
+		undone <- fmt.Sprintf(format, args...)
+	}})
 	f, _ := hostListener(t)
 	proxyListener, _ := hostListener(t)
 	for _, tc := range []struct {
@@ -258,18 +265,47 @@ func TestControlUndoesWhatItCouldNotAnswer(t *testing.T) {
 		conn.Close()
 		c.mu.Unlock()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c.mu.Lock()
-		left := len(c.published) != 0 || c.http != nil
-		c.mu.Unlock()
-		if !left {
-			break
+	// Both requests were carried out, then their answers found no one.
+	for i := 0; i < 2; i++ {
+		select {
+		case line := <-undone:
+			if !strings.Contains(line, "undoing") {
+				t.Fatalf("logged %q", line)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a request nobody waited for was not undone")
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("what nobody was told of is still served")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.published) != 0 || c.http != nil {
+		t.Fatalf("what nobody was told of is still served: %v, %v", c.published, c.http)
+	}
+}
+
+// The descriptors that come with any message are closed, whatever becomes
+// of it: an empty message, one that is not JSON, an unknown verb.
+func TestControlClosesWhatComesWithARefusedMessage(t *testing.T) {
+	_, path := startTestControl(t)
+	for _, req := range []string{"", "not json", `{"op":"format-disk"}`} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(5 * time.Millisecond)
+		conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := conn.WriteMsgUnix([]byte(req), unix.UnixRights(int(w.Fd())), nil); err != nil {
+			t.Fatal(err)
+		}
+		w.Close() // the server's copy is then the pipe's last writer
+		r.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := r.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("message %q: the descriptor it carried is still open (%v)", req, err)
+		}
+		r.Close()
+		conn.Close()
 	}
 }
 

@@ -7,10 +7,13 @@ server, and Debian's stock wireguard-go configured by `wg`.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import tempfile
 import threading
@@ -343,6 +346,54 @@ def test_ping_sockets_and_low_ports_work_inside(
     result = wg_wrap_run(stage, test_user, user_runtime_dir, conf, *_python(stage, code))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "echo-reply\nbound 53\n"
+
+
+PING = Path("/usr/bin/ping")
+CAP_NET_RAW = 13  # linux/capability.h
+VFS_CAP_FLAGS_EFFECTIVE = 0x000001
+
+
+def need_real_ping() -> None:
+    """Fail, naming what is missing, unless PING is iputils' ping with the
+    file capability Debian's iputils-ping gives it (cap_net_raw=ep)."""
+    install = "`apt-get install iputils-ping` (.ci/run installs it)"
+    if not os.access(PING, os.X_OK):
+        pytest.fail(f"{PING} is missing: {install}", pytrace=False)
+    version = subprocess.run([str(PING), "-V"], capture_output=True, text=True, timeout=10)
+    if "iputils" not in version.stdout + version.stderr:
+        pytest.fail(f"{PING} is not iputils' ping ({version.stdout.strip()!r}): {install}",
+                    pytrace=False)
+    try:
+        # struct vfs_cap_data: magic_etc, then permitted and inheritable (low words first)
+        magic_etc, permitted = struct.unpack_from("<II", os.getxattr(PING, "security.capability"))
+    except OSError as e:
+        if e.errno != errno.ENODATA:
+            raise
+        magic_etc = permitted = 0
+    if not (permitted >> CAP_NET_RAW & 1 and magic_etc & VFS_CAP_FLAGS_EFFECTIVE):
+        pytest.fail(f"{PING} lacks its file capability cap_net_raw=ep (`getcap {PING}` "
+                    "shows it): `apt-get install --reinstall iputils-ping` sets it, on a file "
+                    "system that keeps security.* extended attributes", pytrace=False)
+
+
+def test_ping_with_its_file_capability_reaches_the_peer_through_the_tunnel(
+    server: Server, stage: Stage, test_user: User, user_tmp: Path, user_runtime_dir: Path
+) -> None:
+    """The real ping, a binary with a file capability, starts inside (the
+    launcher leaves the bounding set whole) and gets its echo replies from the
+    peer's tunnel addresses, IPv4 and IPv6."""
+    need_real_ping()
+    conf = write_conf(user_tmp, test_user, server.client_config())
+    net = server.net
+    result = wg_wrap_run(
+        stage, test_user, user_runtime_dir, conf, "sh", "-c",
+        f"{PING} -c 3 -W 2 {net.server4} && {PING} -c 3 -W 2 {net.server6}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for address in (net.server4, net.server6):
+        statistics = rf"--- {re.escape(address)} ping statistics ---\n(.*)\n"
+        found = re.search(statistics, result.stdout)
+        assert found and found[1].startswith("3 packets transmitted, 3 received, 0% packet loss"), \
+            result.stdout + result.stderr
 
 
 def test_run_v_shows_the_sidecars_log_of_its_start(

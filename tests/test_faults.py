@@ -294,6 +294,7 @@ def test_programs_left_without_a_sidecar_are_told_once_and_get_their_network_bac
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     assert client.stdin is not None and client.stderr is not None
+    old_aftercare_gone: int | None = None
     try:
         assert read_line(client, 30) == "connected", client.stderr
         client.stdin.write("ping-1\n")
@@ -310,7 +311,11 @@ def test_programs_left_without_a_sidecar_are_told_once_and_get_their_network_bac
         assert f"`wg-wrap up -n wg0 -c {conf}` brings the tunnel back" in notice
         ls = tool("ls").stdout.splitlines()[1].split()
         assert ls[:2] == ["wg0", "persistent"] and "dead" in ls
-        assert aftercares_of(tool.user, tool.runtime), "the aftercare should be waiting"
+        aftercares = aftercares_of(tool.user, tool.runtime)
+        assert len(aftercares) == 1, f"one aftercare should be waiting: {aftercares}"
+        (old_aftercare,) = aftercares
+        # Readable once that process has ended (it is not our child: no wait()).
+        old_aftercare_gone = os.pidfd_open(old_aftercare)
 
         # Without -c, the config it was started with is named, not used: the
         # state records it, and nothing there chooses a config.
@@ -328,12 +333,35 @@ def test_programs_left_without_a_sidecar_are_told_once_and_get_their_network_bac
         client.stdin.flush()
         assert read_line(client, 20) == "echo ping-2"
         assert fetch(tool, running)
-        time.sleep(0.5)  # the old aftercare has let go (it checks every 200 ms)
+        # The old aftercare lets go once it sees the new sidecar in the state
+        # (it looks every 200 ms); whatever it wrote is in the pipe by then.
+        assert select.select([old_aftercare_gone], [], [], 10)[0], \
+            "the old aftercare did not let go of the profile within 10 s"
+        new_aftercares = aftercares_of(tool.user, tool.runtime)
+        assert len(new_aftercares) == 1 and old_aftercare not in new_aftercares, \
+            f"the new sidecar's aftercare alone should remain: {new_aftercares}"
         assert not select.select([client.stderr], [], [], 0)[0], "told more than once"
         assert tool.profiles() == ["wg0"]
     finally:
+        if old_aftercare_gone is not None:
+            os.close(old_aftercare_gone)
         stop(client)
         stop(echo)
+
+
+def await_notice(notify: socket.socket, needle: bytes, timeout: float) -> None:
+    """Read sd_notify datagrams until one holds needle, for at most timeout s."""
+    deadline = time.monotonic() + timeout
+    seen: list[bytes] = []
+    while (left := deadline - time.monotonic()) > 0:
+        notify.settimeout(left)
+        try:
+            seen.append(notify.recv(4096))
+        except TimeoutError:
+            break
+        if needle in seen[-1]:
+            return
+    raise AssertionError(f"no {needle!r} on NOTIFY_SOCKET within {timeout} s: {seen}")
 
 
 def test_the_foreground_supervisor_replaces_a_dead_sidecar_in_place(
@@ -344,7 +372,6 @@ def test_the_foreground_supervisor_replaces_a_dead_sidecar_in_place(
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(user_tmp / "notify.sock"))
     os.chown(user_tmp / "notify.sock", test_user.uid, test_user.gid)
-    notify.settimeout(30)
     supervisor = subprocess.Popen(
         as_user_argv(test_user, stage.wg_wrap("up", "--foreground", "-c",
                                               str(tool.workdir / "wg0.conf"))),
@@ -354,8 +381,7 @@ def test_the_foreground_supervisor_replaces_a_dead_sidecar_in_place(
     echo: subprocess.Popen[str] | None = None
     client: subprocess.Popen[str] | None = None
     try:
-        while b"READY=1" not in notify.recv(4096):
-            pass
+        await_notice(notify, b"READY=1", 30)
         echo = inside_server(running, stage, test_user, "python3", "-c", ECHO)
         client = subprocess.Popen(
             as_user_argv(test_user, stage.wg_wrap(
@@ -368,8 +394,7 @@ def test_the_foreground_supervisor_replaces_a_dead_sidecar_in_place(
         assert read_line(client, 30) == "connected"
         (sidecar,) = tool.sidecars()
         os.kill(sidecar, signal.SIGKILL)
-        while b"was replaced" not in notify.recv(4096):
-            pass
+        await_notice(notify, b"was replaced", 30)
         assert supervisor.poll() is None, "the supervisor must stay"
         client.stdin.write("ping\n")
         client.stdin.flush()

@@ -24,6 +24,7 @@ import select
 import signal
 import struct
 import subprocess
+import sys
 import termios
 import time
 from collections.abc import Callable, Iterator
@@ -66,15 +67,21 @@ def _profiles_in(runtime_dir: Path) -> list[Path]:
     return list(base.iterdir()) if base.is_dir() else []
 
 
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Whether condition() holds within timeout seconds (looked at every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def assert_nothing_left(user: User, runtime_dir: Path) -> None:
     """No sidecar (or its aftercare) runs for runtime_dir and no profile
     directory remains, within 3 s."""
-    deadline = time.monotonic() + CLEANUP_WAIT
-    while (sidecars_of(user, runtime_dir) or aftercares_of(user, runtime_dir)
-           or _profiles_in(runtime_dir)):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    wait_until(lambda: not (sidecars_of(user, runtime_dir) or aftercares_of(user, runtime_dir)
+                            or _profiles_in(runtime_dir)), CLEANUP_WAIT)
     assert not sidecars_of(user, runtime_dir), "sidecar left running"
     assert not aftercares_of(user, runtime_dir), "aftercare left running"
     assert _profiles_in(runtime_dir) == [], "runtime state left behind"
@@ -84,6 +91,24 @@ def assert_nothing_left(user: User, runtime_dir: Path) -> None:
 def leftovers(test_user: User, user_runtime_dir: Path) -> Iterator[Callable[[], None]]:
     """Call the yielded function at the end of a test to prove the cleanup."""
     yield lambda: assert_nothing_left(test_user, user_runtime_dir)
+
+
+# The caller's signal dispositions and mask pass through exec, and wg-wrap
+# rightly keeps them: a test run under `nohup` (SIGHUP ignored) or started
+# with `&` by a script (SIGINT and SIGQUIT ignored) would hand them on to the
+# command.  Every command these tests start gets what a login shell gives
+# it: each signal at its default, none blocked.  It execs: the pid stays.
+_DEFAULT_SIGNALS = """\
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_SETMASK, ())
+for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
+    signal.signal(sig, signal.SIG_DFL)
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+def with_default_signals(argv: list[str]) -> list[str]:
+    return [sys.executable, "-I", "-S", "-c", _DEFAULT_SIGNALS, *argv]
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -135,9 +160,10 @@ class OnPty:
         argv = stage.wg_wrap("run", "-c", str(conf), "--", *command)
         try:
             # setsid(1) without --fork does not fork (Popen's child is no group
-            # leader): the pid stays wg-wrap's through setsid, setpriv, python.
+            # leader): the pid stays wg-wrap's through setsid, the signal reset,
+            # setpriv, python.
             self.proc = subprocess.Popen(
-                ["setsid", "--ctty", *as_user_argv(user, argv)],
+                ["setsid", "--ctty", *with_default_signals(as_user_argv(user, argv))],
                 stdin=slave, stdout=slave, stderr=slave,
                 env=user_env(runtime, env), cwd="/",
             )
@@ -312,7 +338,8 @@ def _start_piped(stage: Stage, user: User, runtime: Path, conf: Path, *command: 
                  ) -> subprocess.Popen[bytes]:
     # A session of its own: nothing from pytest's terminal reaches it.
     return subprocess.Popen(
-        as_user_argv(user, stage.wg_wrap("run", "-c", str(conf), "--", *command)),
+        with_default_signals(
+            as_user_argv(user, stage.wg_wrap("run", "-c", str(conf), "--", *command))),
         env=user_env(runtime), cwd="/", stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
@@ -346,8 +373,9 @@ def _received_once(
         out = _expect_armed(proc)
         # The leftover check after this looks for this sidecar: it must see it now.
         assert sidecars_of(user, runtime_dir), "the sidecar should be running"
-        # setpriv execs, wg-wrap execs: the Popen pid is the command itself.
+        # The signal reset, setpriv and wg-wrap exec: the Popen pid is the command itself.
         send(proc.pid, signal.Signals[signame])
+        assert proc.stdout is not None
         out = read_until(proc.stdout.fileno(), None, 20, out)
         status = _wait(proc, 20)
         _, err = proc.communicate(timeout=10)
@@ -402,6 +430,15 @@ def test_untrapped_command_killed_by_a_signal_is_what_the_caller_sees(
     leftovers()
 
 
+def _state(pid: int) -> str:
+    """The state letter of process pid (R, S, T for stopped...); '' once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
 def test_job_control_from_an_interactive_shell(
     stage: Stage, test_user: User, user_runtime_dir: Path, conf: Path,
     leftovers: Callable[[], None],
@@ -411,8 +448,8 @@ def test_job_control_from_an_interactive_shell(
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     shell = subprocess.Popen(
-        ["setsid", "--ctty", *as_user_argv(
-            test_user, ["bash", "--norc", "--noprofile", "-i"])],
+        ["setsid", "--ctty", *with_default_signals(as_user_argv(
+            test_user, ["bash", "--norc", "--noprofile", "-i"]))],
         stdin=slave, stdout=slave, stderr=slave, cwd="/",
         env=user_env(user_runtime_dir, {"PS1": "prompt$ ", "TERM": "dumb"}),
     )
@@ -433,11 +470,16 @@ def test_job_control_from_an_interactive_shell(
                                          "'echo st\"\"arted; read line; echo got-$line'"))
         os.write(master, command.encode() + b"\n")
         expect(b"started")
+        job = os.tcgetpgrp(master)  # the job's group (its leader is wg-wrap)
+        assert job != shell.pid, "the job must be in the foreground"
         os.write(master, b"\x1a")  # Ctrl-Z
         expect(b"Stopped")
         expect(b"prompt$ ")
+        assert _state(job) == "T" and os.tcgetpgrp(master) == shell.pid
         os.write(master, b"fg\n")
-        time.sleep(0.5)  # let the job take the terminal back
+        # The job has the terminal back once it is the foreground and runs.
+        assert wait_until(lambda: os.tcgetpgrp(master) == job and _state(job) != "T", 20), (
+            f"after fg: foreground {os.tcgetpgrp(master)}, job {job} in state {_state(job)}")
         os.write(master, b"hello\n")
         expect(b"got-hello")
         expect(b"prompt$ ")

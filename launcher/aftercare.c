@@ -99,15 +99,22 @@ struct telling {
   int n_told;
 };
 
+int
+aftercare_reopen_stderr(pid_t pid)
+{
+  char path[64];
+
+  snprintf(path, sizeof path, "/proc/%d/fd/2", (int)pid);
+  return open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+}
+
 /* A descriptor for what pid's fd 2 refers to: a copy of the descriptor
  * itself (pidfd_getfd: no permission on the file needed, as for a pipe
- * another user made), or, where the kernel refuses that, the file opened
- * anew through /proc/PID/fd/2 -- for appending, so that a program's
- * `2>>log` is added to, not overwritten. */
+ * another user made), or, where the kernel refuses that (Yama's
+ * ptrace_scope, a kernel before 5.6), the file opened anew. */
 static int
 stderr_of(pid_t pid)
 {
-  char path[64];
   int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 
   if (pidfd >= 0) {
@@ -117,8 +124,7 @@ stderr_of(pid_t pid)
     if (fd >= 0)
       return fd;
   }
-  snprintf(path, sizeof path, "/proc/%d/fd/2", (int)pid);
-  return open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+  return aftercare_reopen_stderr(pid);
 }
 
 /* Once per distinct standard error (a terminal shared by a shell and its

@@ -762,3 +762,23 @@ def test_enter_runs_only_the_sidecar_beside_it(test_user: User, launcher: Path,
     assert result.returncode != 0
     assert "wg-wrap-sidecar: usage: unexpected argument \"sh\"" in result.stderr, result.stderr
     assert not marker.exists()
+
+
+def test_the_aftercare_appends_to_a_stderr_it_opens_anew(tmp_path: Path) -> None:
+    """Where the kernel refuses pidfd_getfd (Yama's ptrace_scope, a kernel
+    before 5.6), the aftercare opens a program's stderr through
+    /proc/PID/fd/2: for appending, so that a `2>>log` is added to, not
+    overwritten from its start. That fallback cannot be made to happen on a
+    kernel that allows pidfd_getfd: tests/c/reopen_stderr.c runs it on its
+    own, built with the launcher's aftercare.c."""
+    gcc = shutil.which("gcc")
+    assert gcc, "gcc is missing (apt-get install gcc): it builds the launcher too"
+    repo = Path(__file__).resolve().parent.parent
+    binary = tmp_path / "reopen_stderr"
+    subprocess.run([gcc, "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{repo / 'launcher'}",
+                    "-o", str(binary), str(repo / "tests" / "c" / "reopen_stderr.c"),
+                    str(repo / "launcher" / "aftercare.c")], check=True, timeout=120)
+    done = subprocess.run([str(binary), str(tmp_path / "log")], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "the program's own line\nthe notice\n"

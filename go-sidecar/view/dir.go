@@ -116,9 +116,29 @@ func (d *dirView) syncAll() error {
 	return errors.Join(errs...)
 }
 
+// syncTries bounds how often sync looks again at a host entry that went
+// while it was being shown (a file written beside and renamed over another,
+// as tools do: it lives for microseconds).
+const syncTries = 3
+
 // sync brings one entry of the view in line with the host and the rules;
-// changed says whether the view had to change.
+// changed says whether the view had to change. An entry the host removes
+// half-way is looked at again; one that keeps going as it is looked at
+// (made and renamed away, over and over) is not shown: whatever the host
+// does with that name next comes as an event of its own.
 func (d *dirView) sync(name string) (changed bool, err error) {
+	for try := 1; ; try++ {
+		changed, err = d.syncOnce(name)
+		if err == nil || !errors.Is(err, unix.ENOENT) {
+			return changed, err
+		}
+		if try == syncTries {
+			return d.remove(name)
+		}
+	}
+}
+
+func (d *dirView) syncOnce(name string) (changed bool, err error) {
 	if name == "" || name == "." || name == ".." || filepath.Base(name) != name {
 		return false, nil
 	}
@@ -189,7 +209,14 @@ func (d *dirView) bind(name string, host unix.Stat_t) (bool, error) {
 		err := unix.MoveMount(clone, "", unix.AT_FDCWD, path, unix.MOVE_MOUNT_F_EMPTY_PATH|moveMountBeneath)
 		if err == nil {
 			if err := unix.Unmount(path, unix.MNT_DETACH); err != nil {
-				return true, fmt.Errorf("taking the old %s off: %w", path, err)
+				// Under a quick run of replacements the old one is
+				// sometimes gone already (EINVAL: nothing over the new
+				// one): what counts is that the new one shows.
+				var now unix.Stat_t
+				if !errors.Is(err, unix.EINVAL) || unix.Lstat(path, &now) != nil ||
+					now.Dev != host.Dev || now.Ino != host.Ino {
+					return true, fmt.Errorf("taking the old %s off: %w", path, err)
+				}
 			}
 			return true, nil
 		}

@@ -360,3 +360,43 @@ func TestRewriteNSSwitch(t *testing.T) {
 		}
 	}
 }
+
+// Tools write a file beside the one they replace and rename it over
+// (`ln -s … x.tmp && mv -T x.tmp x`): the view sees the new name come and,
+// often, go before it can show it. That is no problem of the view's.
+func TestViewLetsGoOfEntriesThatGoAsItLooks(t *testing.T) {
+	h := newFakeHost(t)
+	h.start("")
+	broken := make(chan string, 1)
+	go func() {
+		for h.out.Scan() {
+			if line := h.out.Text(); strings.Contains(line, `"intact":false`) {
+				select {
+				case broken <- line:
+				default:
+				}
+			}
+		}
+	}()
+	for i := range 300 {
+		link := h.path("etc/resolv.conf.tool-link")
+		if err := os.Symlink(fmt.Sprintf("../run/resolv-%d.conf", i), link); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(link, h.path("etc/resolv.conf")); err != nil {
+			t.Fatal(err)
+		}
+		h.replace("etc/hosts", fmt.Sprintf("127.0.0.1 localhost host-%d\n", i))
+	}
+	eventually(t, "the last hosts file is shown", func() bool {
+		return h.read("etc/hosts") == "127.0.0.1 localhost host-299\n"
+	})
+	eventually(t, "the link is gone from the view", func() bool {
+		return !h.exists("etc/resolv.conf.tool-link")
+	})
+	select {
+	case line := <-broken:
+		t.Fatalf("the view broke: %s", line)
+	default:
+	}
+}

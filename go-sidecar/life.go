@@ -58,3 +58,20 @@ func abandonedFromEnv() (<-chan struct{}, error) {
 	}()
 	return abandoned, nil
 }
+
+const envOuterHoldFD = "WG_WRAP_OUTER_HOLD_FD"
+
+// outerHold is the hold (a shared flock) of the profile this one rides on
+// (`--via`): kept open for as long as the sidecar runs, so that an
+// ephemeral outer profile does not end under it.
+var outerHold *os.File
+
+func keepOuterHold() error {
+	fd, err := fdFromEnv(envOuterHoldFD, false)
+	if err != nil || fd < 0 {
+		return err
+	}
+	os.Unsetenv(envOuterHoldFD)
+	outerHold = os.NewFile(uintptr(fd), "outer-hold")
+	return nil
+}

@@ -125,6 +125,9 @@ func run(args []string, stderr io.Writer) (code int) {
 	if err != nil {
 		return fail(exitFailure, envStartFD, err)
 	}
+	if err := keepOuterHold(); err != nil {
+		return fail(exitFailure, envOuterHoldFD, err)
+	}
 	// Last of all: an end on purpose tells the aftercare process so; any
 	// other end (a failure, or no end at all: SIGKILL) leaves it to act.
 	defer func() {

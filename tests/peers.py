@@ -226,10 +226,11 @@ class WgWrapServer(Server):
             "run", "-v", "-n", "test-server", "-c", str(conf), "--listen-address", listen, "--",
             *peer_services_argv(python, net),
         )
+        self.within = within
         if within is not None:
-            # Its runtime directory is then the outer server's own, as the
-            # outer profile shows it: a private tmpfs.
-            argv = [*stage.wg_wrap("exec", "test-server", "--"), *argv]  # type: ignore[attr-defined]
+            # Its runtime directory is then the outermost server's, as the
+            # outer profile shows it: a private tmpfs (one per level).
+            argv = [*within.inside(), *argv]
             runtime_dir = within.runtime_dir
         self._nested = within is not None
         self.process = subprocess.Popen(
@@ -250,7 +251,7 @@ class WgWrapServer(Server):
         else:  # its state is inside the outer profile: ask there
             status = subprocess.run(
                 as_user_argv(user, [  # type: ignore[arg-type]
-                    *stage.wg_wrap("exec", "test-server", "--"),  # type: ignore[attr-defined]
+                    *within.inside(),
                     *stage.wg_wrap("status", "--json", "test-server")]),  # type: ignore[attr-defined]
                 env=user_env(runtime_dir), cwd="/", capture_output=True, text=True, timeout=30,
                 check=True)
@@ -272,8 +273,27 @@ class WgWrapServer(Server):
 
     @property
     def runtime_dir(self) -> Path:
-        """Its XDG_RUNTIME_DIR: `wg-wrap exec test-server` there runs inside it."""
-        return self._dirs[1]
+        """Its XDG_RUNTIME_DIR (a nested one's: the outermost server's):
+        `inside()` there runs a command inside it."""
+        return self.within.runtime_dir if self.within is not None else self._dirs[1]
+
+    def inside(self) -> list[str]:
+        """The argv prefix that runs a command inside this server's profile
+        (through every outer one), with runtime_dir as XDG_RUNTIME_DIR."""
+        outer = self.within.inside() if self.within is not None else []
+        return [*outer, *self._stage.wg_wrap("exec", "test-server", "--")]  # type: ignore[attr-defined]
+
+    def sidecar_pid(self) -> int:
+        """Its sidecar's pid, as the host sees it."""
+        from conftest import as_user_argv, user_env
+
+        outer = self.within.inside() if self.within is not None else []
+        done = subprocess.run(
+            as_user_argv(self._user, [  # type: ignore[arg-type]
+                *outer, *self._stage.wg_wrap("status", "--json", "test-server")]),  # type: ignore[attr-defined]
+            env=user_env(self.runtime_dir), cwd="/", capture_output=True, text=True, timeout=30,
+            check=True)
+        return int(json.loads(done.stdout)[0]["sidecar_pid"])  # no pid namespace: the host's
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -303,8 +323,11 @@ class StockServer(Server):
 
     name = "wireguard-go"
 
-    def __init__(self, stage: object, net: Net) -> None:
-        for tool in ("wireguard-go", "wg", "ip"):
+    def __init__(self, stage: object, net: Net, within: WgWrapServer | None = None) -> None:
+        """``within``: wireguard-go runs in that server's network namespace
+        (its UDP socket there: reachable only through that server's tunnel,
+        at its address); its TUN, as always, in a test netns of its own."""
+        for tool in ("wireguard-go", "wg", "ip", "nsenter"):
             if shutil.which(tool) is None:
                 raise RuntimeError(
                     f"{tool} is missing: install Debian's wireguard-go and wireguard-tools "
@@ -315,8 +338,11 @@ class StockServer(Server):
         self.ifname, self.netns = f"wgt{suffix}", f"wgwrap-t{suffix}"
         self._tmp = Path(tempfile.mkdtemp(prefix="wg-wrap-stock-"))
         self._services: subprocess.Popen[str] | None = None
+        # As root, into the outer server's network namespace only (its user
+        # namespace is a child of ours: root may).
+        self._where = ["nsenter", f"--net=/proc/{within.sidecar_pid()}/ns/net"] if within else []
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")
-        self.daemon = subprocess.Popen(["wireguard-go", "-f", self.ifname], env=env,
+        self.daemon = subprocess.Popen([*self._where, "wireguard-go", "-f", self.ifname], env=env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             self._setup(stage)
@@ -325,7 +351,7 @@ class StockServer(Server):
             raise
 
     def _ip(self, *args: str, netns: bool = False) -> None:
-        prefix = ["ip", "netns", "exec", self.netns] if netns else []
+        prefix = ["ip", "netns", "exec", self.netns] if netns else self._where
         subprocess.run([*prefix, "ip", *args], check=True, timeout=10)
 
     def _setup(self, stage: object) -> None:
@@ -395,5 +421,6 @@ class StockServer(Server):
         if self._services is not None and self._services.stdout:
             self._services.stdout.close()
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, timeout=10)
-        subprocess.run(["ip", "link", "del", self.ifname], capture_output=True, timeout=10)
+        if not self._where:  # an outer server's namespace takes its own with it
+            subprocess.run(["ip", "link", "del", self.ifname], capture_output=True, timeout=10)
         shutil.rmtree(self._tmp, ignore_errors=True)

@@ -306,7 +306,7 @@ def attach(args: argparse.Namespace) -> Attached:
 
         request = session.Request(
             config_path=args.config, name=args.name, dns=tuple(args.dns),
-            listen_address=args.listen_address, verbose=args.verbose,
+            listen_address=args.listen_address, verbose=args.verbose, via=args.via,
         )
         request, cfg = session.load(request)
         return session.acquire(request, cfg, "ephemeral")

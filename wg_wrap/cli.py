@@ -346,6 +346,12 @@ def _add_network(p: argparse.ArgumentParser) -> None:
         help="bind the host UDP socket to one address instead of all, e.g. "
         "--listen-address 127.0.0.1 for a server only reachable locally",
     )
+    _completes(p.add_argument(
+        "--via", metavar="PROFILE",
+        help="multi-hop: send this tunnel's encrypted packets through running profile "
+        "PROFILE's tunnel (its socket and its endpoint lookups are made in PROFILE), "
+        "e.g. --via entry; PROFILE stays up while this one runs",
+    ), COMPLETE_PROFILE)
 
 
 def _command(args: argparse.Namespace) -> list[str]:
@@ -368,7 +374,7 @@ def _request(args: argparse.Namespace) -> session.Request:
         config_path=args.config, name=args.name, dns=tuple(args.dns),
         listen_address=args.listen_address, verbose=args.verbose,
         reresolve_after=args.reresolve_after,
-        reach=cli_reach.reach_request(args),
+        reach=cli_reach.reach_request(args), via=args.via,
     )
 
 

@@ -5,13 +5,14 @@ A SOCK_SEQPACKET unix socket, bound on the host and handed to the sidecar
 on).  One message per request: a JSON object, with the host
 sockets it hands over attached as SCM_RIGHTS; one JSON object back,
 ``{"error": "..."}`` on failure.  The protocol is described in
-``go-sidecar/control.go``.
+``go-sidecar/control``.
 """
 
 from __future__ import annotations
 
 import array
 import json
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from wg_wrap import sockets
 from wg_wrap.errors import SetupError
 
 MAX_REPLY = 64 << 10
+MAX_FDS = 4  # descriptors an answer may carry
 # How long before giving up the client still lets the sidecar start a
 # request: a request that arrives later is refused, and one whose answer
 # the client does not take is undone (go-sidecar/control): what the user was
@@ -36,6 +38,16 @@ class ControlClient:
     def request(self, message: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
         """Send one request (with ``fds`` attached) and return the answer;
         a refusal raises SetupError with the sidecar's reason."""
+        reply, received = self.request_fds(message, fds)
+        for fd in received:
+            os.close(fd)
+        return reply
+
+    def request_fds(
+        self, message: dict[str, Any], fds: Sequence[int] = ()
+    ) -> tuple[dict[str, Any], list[int]]:
+        """request(), with the descriptors the answer carried (the caller's
+        to close)."""
         op = message.get("op", "?")
         deadline = time.monotonic_ns() + int((self.timeout - DEADLINE_MARGIN) * 1e9)
         message = {**message, "deadline_ns": deadline}
@@ -48,7 +60,8 @@ class ControlClient:
                     if fds else []
                 )
                 sock.sendmsg([json.dumps(message).encode()], ancillary)
-                data = sock.recv(MAX_REPLY)
+                data, cmsgs, _, _ = sock.recvmsg(MAX_REPLY, socket.CMSG_SPACE(MAX_FDS * 4),
+                                                 socket.MSG_CMSG_CLOEXEC)
             except TimeoutError as e:
                 raise SetupError(
                     f"the sidecar did not answer {op} within {self.timeout:g} s: not done",
@@ -61,12 +74,28 @@ class ControlClient:
                     f"{e.strerror or type(e).__name__}",
                     hint="is the profile running? `wg-wrap ls` lists profiles",
                 ) from e
+        received = _rights(cmsgs)
         try:
             reply = json.loads(data)
+            if not isinstance(reply, dict):
+                raise ValueError(reply)
         except ValueError as e:
+            _close(received)
             raise SetupError(f"the sidecar answered {op} with garbage") from e
-        if not isinstance(reply, dict):
-            raise SetupError(f"the sidecar answered {op} with garbage")
         if reply.get("error"):
+            _close(received)
             raise SetupError(f"the sidecar refused {op}: {reply['error']}")
-        return reply
+        return reply, received
+
+
+def _rights(cmsgs: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in cmsgs:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)

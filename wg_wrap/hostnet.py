@@ -12,11 +12,11 @@ import ipaddress
 import json
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from wg_wrap.config import Config, Endpoint
-from wg_wrap.errors import ResolveError, SetupError
+from wg_wrap.errors import ResolveError, SetupError, WgWrapError
 
 # Like wireguard-go's StdNetBind; unprivileged processes are capped at
 # net.core.{r,w}mem_max, which is fine: this is a request, not a demand.
@@ -141,9 +141,11 @@ def reresolve_plan(
 
 
 def resolve_endpoints(
-    config: Config, path: str, family: int = socket.AF_INET6
+    config: Config, path: str, family: int = socket.AF_INET6,
+    lookup: Callable[[str, bool], list[str]] | None = None, place: str = "",
 ) -> dict[Endpoint, tuple[str, int]]:
-    """Resolve every peer endpoint to one (ip, port), on the host, now.
+    """Resolve every peer endpoint to one (ip, port), on the host, now (or
+    with ``lookup(host, ipv4_only)`` elsewhere: ``place`` says where).
 
     With an IPv4-only host socket (``family`` AF_INET) only IPv4 answers are
     usable, so only those are asked for.
@@ -153,8 +155,36 @@ def resolve_endpoints(
         ep = peer.endpoint
         if ep is None or ep in resolved:
             continue
-        resolved[ep] = _resolve_one(ep, family, f"{path}:{peer.line}")
+        where = f"{path}:{peer.line}"
+        if lookup is None or _is_ip(ep.host):
+            resolved[ep] = _resolve_one(ep, family, where)
+        else:
+            resolved[ep] = _resolve_with(lookup, ep, family, where, place)
     return resolved
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve_with(
+    lookup: Callable[[str, bool], list[str]], ep: Endpoint, family: int, where: str, place: str,
+) -> tuple[str, int]:
+    try:
+        found = lookup(ep.host, family == socket.AF_INET)
+    except WgWrapError as e:
+        raise ResolveError(
+            f"{where}: cannot resolve endpoint {ep.host!r} {place}: {e.message}",
+            hint=f"the endpoint is resolved {place}, through its DNS",
+        ) from e
+    usable = [a for a in found if family != socket.AF_INET or ":" not in a]
+    if not usable:
+        raise ResolveError(f"{where}: endpoint {ep.host!r} has no usable address {place}")
+    return (usable[0], ep.port)
 
 
 def _resolve_one(ep: Endpoint, family: int, where: str) -> tuple[str, int]:

@@ -173,6 +173,7 @@ def start_sidecar(
     dns_socket: socket.socket | None = None,
     detach: bool = False,
     enter: Entry | None = None,
+    outer_hold: int | None = None,
 ) -> Sidecar:
     """Create the namespaces and the sidecar in them; return once it is ready.
 
@@ -188,6 +189,8 @@ def start_sidecar(
     its child.  ``enter``: the namespaces of programs left by a sidecar that
     died; the new one starts in them (wg-wrap-launcher enter), where the
     view of the host it made is still in place, instead of new ones.
+    ``outer_hold``: with --via, the outer profile's hold, locked shared: the
+    sidecar keeps it (wg_wrap.hop).
     """
     from wg_wrap import sockets
 
@@ -219,10 +222,13 @@ def start_sidecar(
     env["WG_WRAP_STATE_DIR_FD"] = str(state_fd)
     if dns_socket is not None:
         env["WG_WRAP_HOST_DNS_FD"] = str(dns_socket.fileno())
+    if outer_hold is not None:
+        env["WG_WRAP_OUTER_HOLD_FD"] = str(outer_hold)
     log_fd = os.open(profile.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         fds = (*(s.fileno() for s in passed), state_fd, ready_w, life_w, start_r,
-               *([enter.pidfd] if enter is not None else []))
+               *([enter.pidfd] if enter is not None else []),
+               *([outer_hold] if outer_hold is not None else []))
         sidecar = (_detached_sidecar if detach else _spawn_child)(argv, env, fds, log_fd)
     except OSError as e:
         os.close(ready_r)

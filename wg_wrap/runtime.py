@@ -186,7 +186,7 @@ class State:
         "name", "mode", "sidecar_pid", "sidecar_start", "config_path", "config_digest",
         "ifname", "created_at", "addresses", "dns", "mtu", "endpoints", "public_key",
         "listen_port", "ready", "published", "socks", "socks_udp", "http_proxy", "proxy_auth",
-        "netns", "userns", "mntns", "sockets",
+        "netns", "userns", "mntns", "sockets", "via", "via_netns",
     )
 
     def __init__(
@@ -223,6 +223,10 @@ class State:
         # The token of the sidecar's UAPI and control sockets' addresses
         # (wg_wrap.sockets).
         sockets: str = "",
+        # Multi-hop (wg_wrap.hop): the profile whose network namespace holds
+        # this one's host socket, and that namespace's identity.
+        via: str = "",
+        via_netns: str = "",
     ) -> None:
         self.name = name
         self.mode = mode
@@ -248,6 +252,8 @@ class State:
         self.userns = userns
         self.mntns = mntns
         self.sockets = sockets
+        self.via = via
+        self.via_netns = via_netns
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.FIELDS}

@@ -22,7 +22,19 @@ from pathlib import Path
 from typing import NoReturn
 
 from wg_wrap import config as wgconfig
-from wg_wrap import dns, hostnet, keys, launch, notify, publish, runtime, sockets, uapi, version
+from wg_wrap import (
+    dns,
+    hop,
+    hostnet,
+    keys,
+    launch,
+    notify,
+    publish,
+    runtime,
+    sockets,
+    uapi,
+    version,
+)
 from wg_wrap import netns as netns_mod
 from wg_wrap.errors import ProfileError, SetupError, UsageError, WgWrapError
 from wg_wrap.join import not_running
@@ -104,6 +116,7 @@ class Request:
     verbose: bool = False
     reresolve_after: float = 135.0  # seconds; 0: never re-resolve endpoint names
     reach: ReachRequest | None = None  # published ports, the proxy front
+    via: str | None = None  # multi-hop: the profile whose tunnel this one's packets ride
 
     @property
     def profile_name(self) -> str:
@@ -192,24 +205,28 @@ def _write_new(path: str, text: str, mode: int) -> None:
 
 
 def _reresolution(
-    request: Request, cfg: wgconfig.Config, profile: Profile, family: int
+    request: Request, cfg: wgconfig.Config, profile: Profile, family: int,
+    outer: hop.Outer | None,
 ) -> socket.socket | None:
     """For peers whose Endpoint is a host name: the plan the sidecar follows to
     re-resolve them (written into the profile directory) and the host socket
-    it asks the host's nameservers through. None when there is nothing to do."""
-    try:
-        host_resolv = Path(dns.ETC_RESOLV).read_text()
-    except OSError:
-        host_resolv = ""
-    plan = hostnet.reresolve_plan(
-        cfg, request.reresolve_after, dns.host_nameservers(host_resolv), time.time()
-    )
+    it asks the host's nameservers through (with --via: the outer profile's,
+    from its namespace). None when there is nothing to do."""
+    if outer is not None:
+        nameservers = outer.nameservers()
+    else:
+        try:
+            host_resolv = Path(dns.ETC_RESOLV).read_text()
+        except OSError:
+            host_resolv = ""
+        nameservers = dns.host_nameservers(host_resolv)
+    plan = hostnet.reresolve_plan(cfg, request.reresolve_after, nameservers, time.time())
     if plan is None:
         return None
     trace(request.verbose, f"re-resolving {', '.join(h for _, h, _ in plan.peers)} through "
           f"{', '.join(plan.nameservers)} when handshakes are older than {plan.after:g} s")
     _write_new(profile.reresolve_path, plan.to_json(), 0o600)
-    return hostnet.open_dns_socket(family)
+    return hostnet.open_dns_socket(family) if outer is None else outer.udp_socket(None)
 
 
 @dataclass(frozen=True)
@@ -291,25 +308,37 @@ def start_profile(
 ) -> Attached:
     """Bring a profile up; the caller holds the runtime lock."""
     version.check_helpers()  # before the sidecar derives the public key
+    via = request.via if request.via is not None else \
+        (healing.state.via or None if healing is not None else None)
+    if via is not None and request.listen_address:
+        raise UsageError("--listen-address binds the host socket on the host: with --via "
+                         f"{via} it is in profile {via}'s namespace",
+                         hint="leave out one of them")
+    if via == profile.name:
+        raise UsageError(f"profile {via} cannot ride on itself (--via {via})")
     public_key = keys.encode(keys.public_key(cfg.interface.private_key))
     if healing is None:
         for other in _same_key_elsewhere(profile, public_key):
             warn(f"profile {other} runs with the same private key: a peer answers only the "
                  "profile that spoke to it last, and the other's traffic stalls (as with two "
                  "wg-quick interfaces on one key); give each profile its own key")
+    outer = hop.Outer.attach(os.path.dirname(profile.dir), via) if via is not None else None
     kept: list[str] = []
     try:
-        return _start_profile(request, cfg, profile, mode, healing, kept, public_key)
+        return _start_profile(request, cfg, profile, mode, healing, kept, public_key, outer)
     except WgWrapError as e:
         if kept:
             e.hint = (e.hint + "; " if e.hint else "") + \
                 f"the sidecar's log of this start is kept in {kept[0]}"
         raise
+    finally:
+        if outer is not None:
+            outer.release()  # the new sidecar holds it now, or nothing does
 
 
 def _start_profile(
     request: Request, cfg: wgconfig.Config, profile: Profile, mode: str,
-    healing: Healing | None, kept: list[str], public_key: str,
+    healing: Healing | None, kept: list[str], public_key: str, outer: hop.Outer | None,
 ) -> Attached:
     verbose = request.verbose
     path = request.path
@@ -328,14 +357,21 @@ def _start_profile(
             profile.remove_sidecar_files()
             undo.callback(profile.write_state, healing.state)
 
-        host_socket = hostnet.open_host_socket(cfg.interface.listen_port, request.listen_address)
+        if outer is None:
+            host_socket = hostnet.open_host_socket(cfg.interface.listen_port,
+                                                   request.listen_address)
+        else:
+            host_socket = outer.udp_socket(cfg.interface.listen_port)
         undo.callback(host_socket.close)
         listen_port = int(host_socket.getsockname()[1])
-        trace(verbose, f"host UDP socket bound to port {listen_port}")
-        resolved = hostnet.resolve_endpoints(cfg, path, host_socket.family)
+        trace(verbose, f"host UDP socket bound to port {listen_port}" +
+              (f", in profile {outer.name}'s network namespace" if outer else ""))
+        resolved = hostnet.resolve_endpoints(cfg, path, host_socket.family,
+                                             outer.resolve if outer else None,
+                                             f"in profile {outer.name}" if outer else "")
         for ep, (ip, port) in resolved.items():
             trace(verbose, f"endpoint {ep} -> {ip}:{port}")
-        dns_socket = _reresolution(request, cfg, profile, host_socket.family)
+        dns_socket = _reresolution(request, cfg, profile, host_socket.family, outer)
         if dns_socket is not None:
             undo.callback(dns_socket.close)
         again = healing is not None and healing.reach_again
@@ -350,7 +386,14 @@ def _start_profile(
             _write_new(profile.hold_path, "", 0o600)
         hold_fd = take_hold(profile)
         undo.callback(os.close, hold_fd)
-        mtu = cfg.interface.mtu or DEFAULT_MTU
+        if outer is None:
+            mtu = cfg.interface.mtu or DEFAULT_MTU
+        else:
+            ipv6 = any(a.version == 6 for a in cfg.interface.addresses)
+            mtu = outer.inner_mtu(cfg.interface.mtu, ipv6, None if healing else warn)
+        outer_hold = outer.hold_fd() if outer is not None else None
+        if outer_hold is not None:
+            undo.callback(os.close, outer_hold)
         options = sidecar_options(profile, mtu, mode, bool(dns_servers), dns_socket is not None)
 
         how = "create" if healing is None else \
@@ -360,7 +403,7 @@ def _start_profile(
         sidecar = launch.start_sidecar(
             profile, host_socket, options, token=token, verbose=verbose,
             dns_socket=dns_socket, detach=(mode == "ephemeral"),
-            enter=healing.entry if healing else None,
+            enter=healing.entry if healing else None, outer_hold=outer_hold,
         )
         undo.callback(sidecar.close)
         undo.callback(sidecar.stop)
@@ -377,6 +420,7 @@ def _start_profile(
             endpoints=hostnet.endpoint_strings(resolved),
             public_key=public_key, listen_port=listen_port, ready=False,
             netns=netns, userns=userns, mntns=mntns, sockets=token,
+            via=outer.name if outer else "", via_netns=outer.state.netns if outer else "",
         )
         profile.write_state(state)
 
@@ -512,6 +556,14 @@ def _acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
                     raise ProfileError(
                         f"profile {profile.name!r} is running with a different config "
                         f"({state.config_path})",
+                        hint="pick another name with -n NAME, or stop it first",
+                    )
+                if request.via is not None and request.via != state.via:
+                    attached.release()
+                    attached.sidecar.close()
+                    now = f"via {state.via}" if state.via else "directly, not via a profile"
+                    raise ProfileError(
+                        f"profile {profile.name!r} is running {now}",
                         hint="pick another name with -n NAME, or stop it first",
                     )
                 if request.reach:
@@ -797,6 +849,14 @@ def down(name: str, force: bool = False, verbose: bool = False) -> str:
             profile.remove_dir()
             return f"profile {name} was not running; removed its stale state"
         try:
+            riding = hop.riders(base, state) if state is not None else []
+            if riding and not force:
+                raise ProfileError(
+                    f"profile {name} carries profile{'s' if len(riding) != 1 else ''} "
+                    f"{', '.join(riding)} (started --via {name})",
+                    hint=f"take {'them' if len(riding) != 1 else 'it'} down first, or "
+                    f"`wg-wrap down --force {name}`: their tunnels then carry nothing",
+                )
             members = namespace_members(sidecar.pid)
             if members and not force:
                 shown = ", ".join(f"{pid} ({_process_name(pid)})" for pid in members[:8])

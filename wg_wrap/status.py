@@ -109,6 +109,8 @@ def _summary(st: ProfileStatus, now: float) -> list[str]:
     if state is None:
         return [st.profile.name, "?", "-", "-", "-", "dead", "-", "-", "-", "-"]
     endpoint = ", ".join(state.endpoints) or "-"
+    if state.via:
+        endpoint += f" via {state.via}"
     if not st.alive:
         return [st.profile.name, state.mode, "-", str(len(st.members)), endpoint, "dead",
                 "-", "-", "-", "-"]
@@ -198,6 +200,7 @@ def as_dict(st: ProfileStatus) -> dict[str, Any]:
         "public_key": state.public_key, "listen_port": state.listen_port,
         "addresses": state.addresses, "dns": state.dns, "mtu": state.mtu,
         "uapi_socket": sockets.shown(state.uapi_address) if state.sockets else None,
+        "via": state.via or None,
         "published": _published(state),
         "socks": {"address": state.socks, "udp_relay": state.socks_udp,
                   "auth": state.proxy_auth} if state.socks else None,
@@ -259,11 +262,15 @@ def format_status(st: ProfileStatus) -> str:
     lines += [
         f"  interface: {d['interface']}",
         f"  public key: {d['public_key']}",
-        f"  listening port: {d['listen_port']}",
+        f"  listening port: {d['listen_port']}"
+        + (f" (in profile {d['via']}'s network namespace)" if d.get("via") else ""),
         f"  addresses: {', '.join(d['addresses']) or '-'}",
         f"  dns: {', '.join(d['dns']) or '(host resolver)'}",
         f"  mtu: {d['mtu']}",
     ]
+    if d.get("via"):
+        lines.append(f"  via: profile {d['via']} (this tunnel's packets travel inside its "
+                     "tunnel)")
     if d["uapi_socket"]:
         lines.append(f"  uapi socket: {d['uapi_socket']} (the host's network namespace only)")
     if "view" in d:

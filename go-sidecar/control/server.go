@@ -49,6 +49,8 @@ type Request struct {
 	HostPort uint16 `json:"host_port,omitempty"`
 	User     string `json:"user,omitempty"`
 	Password string `json:"password,omitempty"`
+	Host     string `json:"host,omitempty"`   // resolve: the name
+	Family   string `json:"family,omitempty"` // resolve: "ip4", or both
 	// DeadlineNS is when the client stops waiting (CLOCK_MONOTONIC
 	// nanoseconds); 0: it waits as long as it takes.
 	DeadlineNS int64 `json:"deadline_ns,omitempty"`
@@ -62,6 +64,9 @@ type Reply struct {
 	Published []string `json:"published,omitempty"` // "tcp 127.0.0.1:8080 80"
 	SOCKS     []string `json:"socks,omitempty"`
 	HTTP      string   `json:"http,omitempty"`
+	Addresses []string `json:"addresses,omitempty"` // what a resolve found
+
+	files []*os.File // sent back with the answer (SCM_RIGHTS), then closed
 }
 
 // server is what the sidecar serves on a host socket.
@@ -182,7 +187,17 @@ func (s *Server) serveConn(conn *net.UnixConn) {
 		}
 		closeAll(files) // servers work on their own duplicates
 		out, _ := json.Marshal(reply)
-		if _, err := conn.Write(out); err != nil {
+		var rights []byte
+		if len(reply.files) > 0 {
+			fds := make([]int, len(reply.files))
+			for i, f := range reply.files {
+				fds[i] = int(f.Fd())
+			}
+			rights = unix.UnixRights(fds...)
+		}
+		_, _, err = conn.WriteMsgUnix(out, rights, nil)
+		closeAll(reply.files) // the client has its own copies, or none
+		if err != nil {
 			if undo != nil {
 				s.logger.Errorf("control: the client gave up before the answer: undoing the request")
 				undo()

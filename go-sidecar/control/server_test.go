@@ -325,3 +325,64 @@ func TestControlCloseDoesNotWaitForIdleClients(t *testing.T) {
 		t.Fatal("Close waits for a client that sends nothing")
 	}
 }
+
+// The sockets a profile started --via this one uses are made here and
+// handed back: bound UDP sockets of this namespace.
+func TestControlHandsBackAUDPSocket(t *testing.T) {
+	_, path := startTestControl(t)
+	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte(`{"op":"udp-socket"}`)); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply Reply
+	if err := json.Unmarshal(buf[:n], &reply); err != nil || reply.Error != "" || len(reply.Listening) != 1 {
+		t.Fatalf("reply %q: %v", buf[:n], err)
+	}
+	files, err := receivedFiles(oob[:oobn])
+	if err != nil || len(files) != 1 {
+		t.Fatalf("%d files: %v", len(files), err)
+	}
+	defer files[0].Close()
+	u, err := udpSocket(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	if got := u.LocalAddr().(*net.UDPAddr).Port; !strings.HasSuffix(reply.Listening[0], ":"+itoa(got)) {
+		t.Fatalf("bound to %d, said %s", got, reply.Listening[0])
+	}
+	// and it works: a datagram to it arrives
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: u.LocalAddr().(*net.UDPAddr).Port}
+	sender, err := net.DialUDP("udp", nil, to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	sender.Write([]byte("hop"))
+	u.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 16)
+	if n, _, err := u.ReadFrom(got); err != nil || string(got[:n]) != "hop" {
+		t.Fatalf("read %q: %v", got[:n], err)
+	}
+}
+
+func TestControlResolvesAsAProgramHereWould(t *testing.T) {
+	_, path := startTestControl(t)
+	r := request(t, path, `{"op":"resolve","host":"localhost","family":"ip4"}`)
+	if r.Error != "" || len(r.Addresses) == 0 || r.Addresses[0] != "127.0.0.1" {
+		t.Fatalf("%+v", r)
+	}
+	if r := request(t, path, `{"op":"resolve"}`); r.Error != "resolve: no host" {
+		t.Fatalf("%+v", r)
+	}
+}

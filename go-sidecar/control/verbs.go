@@ -22,15 +22,20 @@ type verb struct {
 	run      func(s *Server, req Request, files []*os.File) (reply Reply, undo func(), err error)
 	min, max int // how many sockets it takes
 	sockets  string
+	// alone: it touches nothing the others share, and may take a while
+	// (a lookup): it runs without the server's lock.
+	alone bool
 }
 
 // One handler per verb, as wg's config.c has one per key.
 var verbs = map[string]verb{
-	"publish":    {(*Server).publish, 1, 1, "the host socket"},
-	"unpublish":  {(*Server).unpublish, 0, 0, "no socket"},
-	"socks":      {(*Server).startSOCKS, 1, 3, "a listener, then optionally a UDP relay socket and a NETLINK_SOCK_DIAG socket"},
-	"http-proxy": {(*Server).startHTTP, 1, 1, "a listener"},
-	"list":       {(*Server).list, 0, 0, "no socket"},
+	"publish":    {(*Server).publish, 1, 1, "the host socket", false},
+	"unpublish":  {(*Server).unpublish, 0, 0, "no socket", false},
+	"socks":      {(*Server).startSOCKS, 1, 3, "a listener, then optionally a UDP relay socket and a NETLINK_SOCK_DIAG socket", false},
+	"http-proxy": {(*Server).startHTTP, 1, 1, "a listener", false},
+	"list":       {(*Server).list, 0, 0, "no socket", false},
+	"udp-socket": {(*Server).udpSocket, 0, 0, "no socket", true},
+	"resolve":    {(*Server).resolve, 0, 0, "no socket", true},
 }
 
 // handle decodes and checks one request, then carries it out.
@@ -50,10 +55,12 @@ func (s *Server) handle(msg []byte, files []*os.File) (Reply, func()) {
 	case req.DeadlineNS != 0 && now() >= req.DeadlineNS:
 		return Reply{Error: fmt.Sprintf("%s came too late: wg-wrap had stopped waiting for the answer", req.Op)}, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return Reply{Error: "shutting down"}, nil
+	if !v.alone {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.closed {
+			return Reply{Error: "shutting down"}, nil
+		}
 	}
 	reply, undo, err := v.run(s, req, files)
 	if err != nil {

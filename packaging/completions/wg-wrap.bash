@@ -8,8 +8,8 @@
 
 _shtab_wg_wrap_subparsers=(run up exec down ls status doctor publish unpublish proxy check demo)
 
-_shtab_wg_wrap_run_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address -p --publish --socks --http-proxy --proxy-auth-file)
-_shtab_wg_wrap_up_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address -p --publish --socks --http-proxy --proxy-auth-file --no-wait --foreground --timeout)
+_shtab_wg_wrap_run_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address --via -p --publish --socks --http-proxy --proxy-auth-file)
+_shtab_wg_wrap_up_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address --via -p --publish --socks --http-proxy --proxy-auth-file --no-wait --foreground --timeout)
 _shtab_wg_wrap_exec_option_strings=(-h --help -v --verbose)
 _shtab_wg_wrap_down_option_strings=(-h --help -f --force -v --verbose)
 _shtab_wg_wrap_ls_option_strings=(-h --help -v --verbose)
@@ -17,8 +17,8 @@ _shtab_wg_wrap_status_option_strings=(-h --help --json -v --verbose)
 _shtab_wg_wrap_doctor_option_strings=(-h --help --apparmor-profile)
 _shtab_wg_wrap_publish_option_strings=(-h --help -v --verbose)
 _shtab_wg_wrap_unpublish_option_strings=(-h --help -v --verbose)
-_shtab_wg_wrap_proxy_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address -p --publish --socks --http-proxy --proxy-auth-file --no-wait --timeout)
-_shtab_wg_wrap_check_option_strings=(-h --help -c --config --json --dns --reresolve-after --listen-address -v --verbose)
+_shtab_wg_wrap_proxy_option_strings=(-h --help -c --config -n --name -v --verbose --dns --reresolve-after --listen-address --via -p --publish --socks --http-proxy --proxy-auth-file --no-wait --timeout)
+_shtab_wg_wrap_check_option_strings=(-h --help -c --config --json --dns --reresolve-after --listen-address --via -v --verbose)
 _shtab_wg_wrap_demo_option_strings=(-h --help -v --verbose)
 _shtab_wg_wrap_option_strings=(-h --help --version)
 
@@ -26,15 +26,19 @@ _shtab_wg_wrap_run__c_COMPGEN=_wg_wrap_config_files
 _shtab_wg_wrap_run___config_COMPGEN=_wg_wrap_config_files
 _shtab_wg_wrap_run__n_COMPGEN=_wg_wrap_config_names
 _shtab_wg_wrap_run___name_COMPGEN=_wg_wrap_config_names
+_shtab_wg_wrap_run___via_COMPGEN=_wg_wrap_profiles
 _shtab_wg_wrap_up__c_COMPGEN=_wg_wrap_config_files
 _shtab_wg_wrap_up___config_COMPGEN=_wg_wrap_config_files
 _shtab_wg_wrap_up__n_COMPGEN=_wg_wrap_config_names
 _shtab_wg_wrap_up___name_COMPGEN=_wg_wrap_config_names
+_shtab_wg_wrap_up___via_COMPGEN=_wg_wrap_profiles
 _shtab_wg_wrap_exec_pos_0_COMPGEN=_wg_wrap_profiles
 _shtab_wg_wrap_down_pos_0_COMPGEN=_wg_wrap_profiles
 _shtab_wg_wrap_status_pos_0_COMPGEN=_wg_wrap_profiles
 _shtab_wg_wrap_proxy__n_COMPGEN=_wg_wrap_config_names
 _shtab_wg_wrap_proxy___name_COMPGEN=_wg_wrap_config_names
+_shtab_wg_wrap_proxy___via_COMPGEN=_wg_wrap_profiles
+_shtab_wg_wrap_check___via_COMPGEN=_wg_wrap_profiles
 
 _shtab_wg_wrap_pos_0_choices=(run up exec down ls status doctor publish unpublish proxy check demo)
 

@@ -90,7 +90,7 @@ function _shtab_wg_wrap_using
 end
 
 set -g _shtab_wg_wrap_commands run up exec down ls status doctor publish unpublish proxy check demo
-set -g _shtab_wg_wrap_opts_with_value --config --dns --http-proxy --listen-address --name --proxy-auth-file --publish --reresolve-after --socks --timeout -c -n -p
+set -g _shtab_wg_wrap_opts_with_value --config --dns --http-proxy --listen-address --name --proxy-auth-file --publish --reresolve-after --socks --timeout --via -c -n -p
 
 complete -c wg-wrap -e
 complete -c wg-wrap -f
@@ -105,6 +105,7 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s v -l verbose -d 'trace each
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l via -xka "(_wg_wrap_profiles)" -d 'multi-hop: send this tunnel'"'"'s encrypted packets through running profile PROFILE'"'"'s tunnel (its socket and its endpoint lookups are made in PROFILE), e.g. --via entry; PROFILE stays up while this one runs'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s p -l publish -x -d 'reach PORT inside from ADDR:HOSTPORT on the host (repeatable; ADDR defaults to 127.0.0.1, HOSTPORT 0 picks a free port), e.g. -p 8080:80, -p [::1]:5353:53/udp'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l socks -x -d 'serve a SOCKS5 proxy into the tunnel on the host (ADDR defaults to 127.0.0.1), e.g. --socks 1080; names are resolved inside, through the tunnel'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l http-proxy -x -d 'serve an HTTP proxy (CONNECT and http:// URIs) into the tunnel on the host, e.g. --http-proxy 3128'
@@ -117,6 +118,7 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s v -l verbose -d 'trace each 
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l via -xka "(_wg_wrap_profiles)" -d 'multi-hop: send this tunnel'"'"'s encrypted packets through running profile PROFILE'"'"'s tunnel (its socket and its endpoint lookups are made in PROFILE), e.g. --via entry; PROFILE stays up while this one runs'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s p -l publish -x -d 'reach PORT inside from ADDR:HOSTPORT on the host (repeatable; ADDR defaults to 127.0.0.1, HOSTPORT 0 picks a free port), e.g. -p 8080:80, -p [::1]:5353:53/udp'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l socks -x -d 'serve a SOCKS5 proxy into the tunnel on the host (ADDR defaults to 127.0.0.1), e.g. --socks 1080; names are resolved inside, through the tunnel'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l http-proxy -x -d 'serve an HTTP proxy (CONNECT and http:// URIs) into the tunnel on the host, e.g. --http-proxy 3128'
@@ -158,6 +160,7 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -s v -l verbose -d 'trace ea
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l via -xka "(_wg_wrap_profiles)" -d 'multi-hop: send this tunnel'"'"'s encrypted packets through running profile PROFILE'"'"'s tunnel (its socket and its endpoint lookups are made in PROFILE), e.g. --via entry; PROFILE stays up while this one runs'
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -s p -l publish -x -d 'reach PORT inside from ADDR:HOSTPORT on the host (repeatable; ADDR defaults to 127.0.0.1, HOSTPORT 0 picks a free port), e.g. -p 8080:80, -p [::1]:5353:53/udp'
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l socks -x -d 'serve a SOCKS5 proxy into the tunnel on the host (ADDR defaults to 127.0.0.1), e.g. --socks 1080; names are resolved inside, through the tunnel'
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l http-proxy -x -d 'serve an HTTP proxy (CONNECT and http:// URIs) into the tunnel on the host, e.g. --http-proxy 3128'
@@ -171,6 +174,7 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using check' -l json -d 'machine-readable
 complete -c wg-wrap -n '_shtab_wg_wrap_using check' -l dns -x -d 'DNS server to use inside, e.g. --dns 10.64.0.1 (repeatable); overrides the config'"'"'s DNS = servers'
 complete -c wg-wrap -n '_shtab_wg_wrap_using check' -l reresolve-after -x -d 'resolve an Endpoint host name again, on the host, when the peer'"'"'s last handshake is older than this, and follow it when it moves (default: 135, like wireguard-tools'"'"' reresolve-dns.sh; 0: never)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using check' -l listen-address -x -d 'bind the host UDP socket to one address instead of all, e.g. --listen-address 127.0.0.1 for a server only reachable locally'
+complete -c wg-wrap -n '_shtab_wg_wrap_using check' -l via -xka "(_wg_wrap_profiles)" -d 'multi-hop: send this tunnel'"'"'s encrypted packets through running profile PROFILE'"'"'s tunnel (its socket and its endpoint lookups are made in PROFILE), e.g. --via entry; PROFILE stays up while this one runs'
 complete -c wg-wrap -n '_shtab_wg_wrap_using check' -s v -l verbose -d 'trace each step'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a demo -d 'show wg-wrap working with no VPN account (a local peer on 127.0.0.1)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using demo' -s h -l help -d 'show this help message and exit'

@@ -68,6 +68,9 @@ for address in task["sockets"]:
             if kind == socket.SOCK_STREAM:  # what the attack was: read the private key
                 s.sendall(b"get=1\n\n")
                 seen["uapi_reply"] = s.recv(200).decode(errors="replace")
+            else:  # a socket on the host's network (the multi-hop verb), a lookup there
+                s.send(b'{"op":"udp-socket"}')
+                seen["control_reply"] = s.recv(200).decode(errors="replace")
         except OSError as e:
             tried[address] = err(e)
 seen["reached"] = reached
@@ -173,7 +176,7 @@ def test_a_program_reaches_nothing_of_wg_wrap(
         # wg-wrap's directories show nothing: no profile, no state, no key.
         assert seen["listing"] == {d: [] for d in task["dirs"]}, seen["listing"]
         # No socket of any profile: not by path, not at their addresses.
-        assert seen["reached"] == [] and "uapi_reply" not in seen
+        assert seen["reached"] == [] and "uapi_reply" not in seen and "control_reply" not in seen
         assert set(seen["refused"]) == set(task["sockets"])
         assert set(seen["refused"].values()) == {"Connection refused"}
         assert seen["abstract_wg_wrap"] == []
@@ -219,6 +222,24 @@ def test_the_uapi_socket_serves_only_its_user(
     assert stranger.returncode == 0, stranger.stderr
     # Accepted by the kernel, closed by the sidecar unread.
     assert stranger.stdout in ("b''\n", "reset\n"), stranger.stdout
+    # Nor the control socket: no socket of the profile's (udp-socket) for a stranger.
+    asked = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+         str(stage.python), "-c",
+         "import socket, sys\n"
+         "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.settimeout(5)\n"
+         "s.connect('\\0' + sys.argv[1][1:])\n"
+         "try:\n"
+         "    s.send(b'{\"op\":\"udp-socket\"}')\n"
+         "    data, fds, _, _ = s.recvmsg(100, socket.CMSG_SPACE(16))\n"
+         "    print(repr(data), len(fds))\n"
+         "except (ConnectionResetError, BrokenPipeError):\n"
+         "    print('reset')\n",
+         address(tool, "a", "control")],
+        capture_output=True, text=True, timeout=30, cwd="/",
+    )
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout in ("b'' 0\n", "reset\n"), asked.stdout
     mine = tool("status", "a")
     assert mine.returncode == 0 and "latest handshake" in mine.stdout
 

@@ -90,6 +90,7 @@ type options struct {
 	hide            stringList
 	reresolvePath   string // JSON plan: peers whose Endpoint is a host name
 	reresolveStatus string // where the re-resolution's state is written
+	portForward     string // JSON plan: a forwarded port over NAT-PMP (portfwd.go)
 }
 
 func main() {
@@ -238,14 +239,23 @@ func run(args []string, stderr io.Writer) (code int) {
 		}
 	}
 
+	if opts.portForward != "" {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := startPortForward(ctx, opts.portForward, logger, stderr); err != nil {
+			return fail(exitFailure, "port forwarding", err)
+		}
+	}
+
 	// What the start allocated and dropped (reading the host's files, the
 	// view's directories) goes back to the kernel now: an idle sidecar is
 	// what a profile costs for days.
 	debug.FreeOSMemory()
+	// Logged first: wg-wrap -v shows the log up to READY.
+	logger.Verbosef("ready: %s (MTU %d), host UDP port %d", opts.ifname, opts.mtu, bind.Port())
 	if err := ready.ok(); err != nil {
 		logger.Errorf("signalling readiness: %v", err)
 	}
-	logger.Verbosef("ready: %s (MTU %d), host UDP port %d", opts.ifname, opts.mtu, bind.Port())
 	go func() {
 		time.Sleep(time.Second)
 		debug.FreeOSMemory()
@@ -358,7 +368,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: %s [--profile NAME] [--ifname NAME] [--mtu N] [--hold FILE [--remove-state]] "+
-			"[--view [--resolv-conf FILE] [--hide DIR]...] [--reresolve PLAN --reresolve-status FILE] [-v]\n", progName)
+			"[--view [--resolv-conf FILE] [--hide DIR]...] [--reresolve PLAN --reresolve-status FILE] [--port-forward PLAN] [-v]\n", progName)
 		fmt.Fprintf(stderr, "environment: %s, %s, %s, %s=<fd> (required), %s=<fd> (optional)\n",
 			envHostSocketFD, envUAPIFD, envControlFD, envStateDirFD, envReadyFD)
 		fs.PrintDefaults()
@@ -374,6 +384,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&opts.verbose, "v", false, "verbose logging")
 	fs.StringVar(&opts.reresolvePath, "reresolve", "", "re-resolve endpoint host names per this JSON plan, over the host DNS socket in "+envHostDNSFD)
 	fs.StringVar(&opts.reresolveStatus, "reresolve-status", "", "with --reresolve: where to write the endpoints' state (JSON)")
+	fs.StringVar(&opts.portForward, "port-forward", "", "keep a forwarded port from the gateway over NAT-PMP, per this JSON plan (in the runtime directory)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return opts, errors.New("help requested")

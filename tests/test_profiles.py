@@ -81,6 +81,7 @@ def test_up_exec_ls_status_down(server: WgWrapServer, tool: Tool) -> None:
     header, line = ls.stdout.splitlines()
     assert header.split() == [
         "NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX", "REACH", "VIEW",
+        "FWD",
     ]
     fields = line.split()
     assert fields[:2] == ["wg0", "persistent"]

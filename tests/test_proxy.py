@@ -255,7 +255,8 @@ def test_proxy_options_are_refused_when_joining(wgwrap_server: Server, tool: Too
     assert tool("up", "-c", str(conf)).returncode == 0
     result = tool("run", "-c", str(conf), "--socks", "0", "--", "true")
     assert result.returncode == 1
-    assert "is already running: -p, --socks and --http-proxy apply only when" in result.stderr
+    assert "is already running: -p, --socks, --http-proxy and --port-forward apply only when" \
+        in result.stderr
     assert tool.status("joined")["socks"] is None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from wg_wrap import launch, runtime, uapi
 from wg_wrap.errors import ProfileError, SetupError
 from wg_wrap.join import not_running
-from wg_wrap.lifetime import Attached, Ending, attach_running, leave, trace, wait_until_ended
+from wg_wrap.lifetime import Attached, join_running, leave, trace
 from wg_wrap.runtime import Profile, State
 
 # WireGuard's REJECT_AFTER_TIME: older session keys are not used any more,
@@ -323,12 +323,7 @@ def attach(args: argparse.Namespace) -> Attached:
     profile = Profile.at(base, name)
     if not os.path.isdir(profile.dir):
         raise not_running(name)
-    try:
-        with runtime.locked(base):
-            attached = attach_running(profile)
-    except Ending as ending:  # an ephemeral profile that is ending: then it is gone
-        wait_until_ended(ending)
-        attached = None
+    attached = join_running(base, profile)
     if attached is None:
         raise not_running(name)
     try:

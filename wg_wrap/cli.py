@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list profiles, one line each",
                         description="One line per profile: name, mode, sidecar pid, attached "
-                        "processes, endpoint, last handshake, bytes received and sent.")
+                        "processes, endpoint, last handshake, bytes received and sent, published "
+                        "ports and proxies, whether the view of the host holds, the forwarded "
+                        "port.")
     ls.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
 
     status = sub.add_parser("status", help="show a profile in full, like `wg show`",
@@ -375,6 +377,7 @@ def _request(args: argparse.Namespace) -> session.Request:
         listen_address=args.listen_address, verbose=args.verbose,
         reresolve_after=args.reresolve_after,
         reach=cli_reach.reach_request(args), via=args.via,
+        port_forward=cli_reach.port_forward_request(args),
     )
 
 

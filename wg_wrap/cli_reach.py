@@ -11,6 +11,7 @@ from typing import Any
 
 from wg_wrap import reach
 from wg_wrap.errors import UsageError
+from wg_wrap.portfwd import PortForward
 
 
 def _arg_type(parse: Callable[[str], object]) -> Callable[[str], object]:
@@ -49,6 +50,24 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="require the USER:PASSWORD in FILE from proxy clients (SOCKS5 username/password, "
         f"HTTP Basic); or set {reach.AUTH_ENV}=USER:PASSWORD. Required for a proxy on an "
         "address other than loopback",
+    )
+    p.add_argument(
+        "--port-forward", nargs="?", const=0, type=_port_number, metavar="PORT",
+        help="ask the VPN's gateway for a forwarded port over NAT-PMP, inside the tunnel, and "
+        "keep it (ProtonVPN's P2P servers); programs find it in $WG_WRAP_FORWARDED_PORT, "
+        "`wg-wrap status` and the runtime directory's forwarded_port; =PORT asks for that "
+        "port on this side",
+    )
+    p.add_argument(
+        "--port-forward-gateway", metavar="IP", type=_arg_type(_ipv4_text),
+        help="the NAT-PMP gateway (default: the tunnel's first IPv4 address with the last "
+        "number 1, e.g. 10.2.0.1 for 10.2.0.2)",
+    )
+    p.add_argument(
+        "--port-forward-cmd", metavar="CMD",
+        help="run CMD (by /bin/sh, inside the profile, as a wrapped program) each time the "
+        "port is obtained or changes, {port} replaced by it, e.g. to set a torrent client's "
+        "listen port",
     )
 
 
@@ -138,6 +157,31 @@ def reach_request(args: argparse.Namespace) -> reach.ReachRequest | None:
     )
     reach.check_request(req)
     return req
+
+
+def _port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _ipv4_text(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError("not an IPv4 address (NAT-PMP is IPv4 only)") from None
+
+
+def port_forward_request(args: argparse.Namespace) -> PortForward | None:
+    """What --port-forward* asked for (run, up, proxy)."""
+    if getattr(args, "port_forward", None) is None:
+        if getattr(args, "port_forward_gateway", None) or getattr(args, "port_forward_cmd", None):
+            raise UsageError("--port-forward-gateway and --port-forward-cmd go with "
+                             "--port-forward")
+        return None
+    return PortForward(args.port_forward, args.port_forward_gateway, args.port_forward_cmd)
 
 
 def dispatch(args: argparse.Namespace, request: Callable[[], Any]) -> int | None:

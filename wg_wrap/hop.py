@@ -20,7 +20,7 @@ from collections.abc import Callable
 from wg_wrap import dns, launch, runtime
 from wg_wrap.control import ControlClient
 from wg_wrap.errors import ProfileError
-from wg_wrap.lifetime import Attached, Ending, attach_running
+from wg_wrap.lifetime import Attached, Ending, attach_running, live_states
 from wg_wrap.runtime import Profile, State
 
 # What WireGuard adds to each packet it carries (wg-quick's rule: an inner
@@ -148,13 +148,5 @@ class Outer:
 def riders(base: str, outer: State) -> list[str]:
     """The running profiles that ride on ``outer`` (started --via it, into
     its network namespace as it is now)."""
-    found = []
-    for profile in runtime.list_profiles(base):
-        state = profile.read_state() if profile.name != outer.name else None
-        if state is None or state.via != outer.name or state.via_netns != outer.netns:
-            continue
-        sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
-        if sidecar is not None:
-            sidecar.close()
-            found.append(profile.name)
-    return found
+    return [profile.name for profile, state in live_states(base, but=outer.name)
+            if state.via == outer.name and state.via_netns == outer.netns]

@@ -11,7 +11,7 @@ import os
 
 from wg_wrap import launch, runtime
 from wg_wrap.errors import ProfileError
-from wg_wrap.lifetime import Ending, attach_running, trace, wait_until_ended
+from wg_wrap.lifetime import join_running, trace
 from wg_wrap.runtime import Profile
 
 TYPE_CHECKING = False  # not `from typing import`: typing is slow to import
@@ -36,13 +36,8 @@ def exec_in(name: str, command: Sequence[str], verbose: bool = False) -> NoRetur
     if not os.path.exists(base):
         raise not_running(name)
     profile = Profile.at(base, name)
-    try:
-        with runtime.locked(base):
-            attached = attach_running(profile)
-    except Ending as ending:  # an ephemeral profile that is ending: then it is gone
-        wait_until_ended(ending)
-        attached = None
+    attached = join_running(base, profile)
     if attached is None:
         raise not_running(name)
     trace(verbose, f"wg-wrap-launcher join -- {' '.join(command)}")
-    launch.exec_joined(attached.sidecar, command, attached.hold_fd)
+    launch.exec_joined(attached.sidecar, command, attached.hold_fd, profile.dir)

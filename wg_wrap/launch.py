@@ -13,7 +13,7 @@ import time
 
 from wg_wrap import __version__, paths
 from wg_wrap.errors import ProfileError, SetupError
-from wg_wrap.runtime import Profile, process_start_time, process_stopped
+from wg_wrap.runtime import Profile, forwarded_port, process_start_time, process_stopped
 
 TYPE_CHECKING = False  # not `from typing import`: typing is slow to import
 if TYPE_CHECKING:  # the join path imports this module: keep it light
@@ -30,6 +30,7 @@ else:
 
 READY_TIMEOUT = 10.0
 PROXY_AUTH_VARIABLE = "WG_WRAP_PROXY_AUTH"
+FORWARDED_PORT_VARIABLE = "WG_WRAP_FORWARDED_PORT"
 NAMESPACES = ("user", "net", "mnt")
 START_DONE = b"k"  # on the start pipe (WG_WRAP_START_FD)
 
@@ -401,7 +402,9 @@ def join_argv(sidecar: Sidecar, command: Sequence[str]) -> list[str]:
             str(sidecar.pidfd), *namespace_options(sidecar.namespaces), "--", *command]
 
 
-def exec_joined(sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1) -> NoReturn:
+def exec_joined(
+    sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1, profile_dir: str = "",
+) -> NoReturn:
     """Become ``command`` inside the profile: this process turns into
     wg-wrap-launcher join, which enters the namespaces and turns into the
     command.  Nothing of ours stays beside it, so its exit status, signals,
@@ -410,11 +413,17 @@ def exec_joined(sidecar: Sidecar, command: Sequence[str], hold_fd: int = -1) -> 
     The command inherits ``hold_fd`` (the profile's shared hold lock): an
     ephemeral profile lives while any process inside, or any holder of that
     lock, is left (sandboxes that make themselves non-dumpable hide their
-    namespace links from the sidecar's /proc scan, not their locks).
+    namespace links from the sidecar's /proc scan, not their locks).  It
+    finds the profile's forwarded port, if any, in FORWARDED_PORT_VARIABLE.
     """
     argv = join_argv(sidecar, command)
     # The proxy password is for wg-wrap's proxy front, never for a program.
     os.environ.pop(PROXY_AUTH_VARIABLE, None)
+    port = forwarded_port(profile_dir) if profile_dir else None
+    if port is not None:
+        os.environ[FORWARDED_PORT_VARIABLE] = port
+    else:  # not an outer profile's, passed down
+        os.environ.pop(FORWARDED_PORT_VARIABLE, None)
     for fd in (sidecar.pidfd, hold_fd):
         if fd >= 0:
             os.set_inheritable(fd, True)

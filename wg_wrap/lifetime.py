@@ -135,6 +135,33 @@ def wait_until_ended(ending: Ending) -> None:
         os.close(pidfd)
 
 
+def join_running(base: str, profile: Profile) -> Attached | None:
+    """Attach to a running profile under the runtime lock; one whose
+    ephemeral sidecar is ending is waited for (bounded, without the lock):
+    then it is gone (None)."""
+    try:
+        with runtime.locked(base):
+            return attach_running(profile)
+    except Ending as ending:
+        wait_until_ended(ending)
+        return None
+
+
+def live_states(base: str, but: str = "") -> list[tuple[Profile, State]]:
+    """The profiles (but ``but``) whose recorded sidecar is alive, with
+    their state."""
+    found = []
+    for profile in runtime.list_profiles(base):
+        state = profile.read_state() if profile.name != but else None
+        if state is None:
+            continue
+        sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
+        if sidecar is not None:
+            sidecar.close()
+            found.append((profile, state))
+    return found
+
+
 def leave(attached: Attached) -> None:
     """Let go of a profile this process holds (not by becoming a program in
     it): drop the hold and, when we started it for ourselves, give an

@@ -13,7 +13,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from wg_wrap import launch, runtime
 from wg_wrap.control import ControlClient
@@ -114,62 +115,63 @@ def open_host_sockets(req: ReachRequest | None, again: bool = False) -> HostSock
     opened = HostSockets()
     if not req:
         return opened
+
+    def open_or_skip(make: Callable[[], socket.socket], skipped: str) -> socket.socket | None:
+        try:
+            return make()
+        except SetupError as e:
+            if not again or not _taken(e):
+                raise
+            warn(f"{e.message}: {skipped}")
+            return None
+
     try:
         for spec in req.publish:
             what = f"published port {spec}"
-            try:
-                if spec.proto == "tcp":
-                    sock = listen_tcp(spec.host, spec.host_port, what)
-                else:
-                    sock = bind_udp(spec.host, spec.host_port, what)
-            except SetupError as e:
-                if not again or not _taken(e):
-                    raise
-                warn(f"{e.message}: not published again")
-                continue
-            actual = PortSpec(spec.host, _bound_port(sock), spec.port, spec.proto)
-            opened.publish.append((actual, sock))
-        if req.socks:
-            try:
-                listener = listen_tcp(req.socks.host, req.socks.port, "SOCKS5 proxy")
-            except SetupError as e:
-                if not again or not _taken(e):
-                    raise
-                warn(f"{e.message}: not started again")
-                req = replace(req, socks=None)
-        if req.socks:
-            actual_socks = ProxySpec(req.socks.host, _bound_port(listener))
-            try:
-                # UDP ASSOCIATE's relay: on the proxy's own address, never
-                # on all addresses, at a port of its own.
-                relay = bind_udp(req.socks.host, 0, "SOCKS5 UDP relay")
-            except BaseException:
-                listener.close()
-                raise
-            try:
-                # The relay asks the kernel who owns a client's sockets: a
-                # datagram passes only from the user who holds the UDP
-                # ASSOCIATE's connection. On the host, like the sockets it
-                # asks about.
-                diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
-            except OSError as e:
-                listener.close()
-                relay.close()
-                raise SetupError(f"cannot open a NETLINK_SOCK_DIAG socket: {e.strerror}") from e
-            opened.socks = (actual_socks, listener, relay, diag)
-        if req.http_proxy:
-            try:
-                listener = listen_tcp(req.http_proxy.host, req.http_proxy.port, "HTTP proxy")
-            except SetupError as e:
-                if not again or not _taken(e):
-                    raise
-                warn(f"{e.message}: not started again")
-            else:
-                opened.http = (ProxySpec(req.http_proxy.host, _bound_port(listener)), listener)
+            opener = listen_tcp if spec.proto == "tcp" else bind_udp
+            sock = open_or_skip(lambda: opener(spec.host, spec.host_port, what),  # noqa: B023
+                                "not published again")
+            if sock is not None:
+                actual = PortSpec(spec.host, _bound_port(sock), spec.port, spec.proto)
+                opened.publish.append((actual, sock))
+        socks = req.socks
+        listener = socks and open_or_skip(lambda: listen_tcp(socks.host, socks.port,
+                                                             "SOCKS5 proxy"), "not started again")
+        if socks and listener:
+            opened.socks = _socks_sockets(socks, listener)
+        http = req.http_proxy
+        listener = http and open_or_skip(lambda: listen_tcp(http.host, http.port, "HTTP proxy"),
+                                         "not started again")
+        if http and listener:
+            opened.http = (ProxySpec(http.host, _bound_port(listener)), listener)
     except BaseException:
         opened.close()
         raise
     return opened
+
+
+def _socks_sockets(
+    spec: ProxySpec, listener: socket.socket,
+) -> tuple[ProxySpec, socket.socket, socket.socket, socket.socket]:
+    """The SOCKS5 proxy's listener, its UDP relay and its NETLINK_SOCK_DIAG
+    socket (the listener is closed on failure)."""
+    try:
+        # UDP ASSOCIATE's relay: on the proxy's own address, never on all
+        # addresses, at a port of its own.
+        relay = bind_udp(spec.host, 0, "SOCKS5 UDP relay")
+    except BaseException:
+        listener.close()
+        raise
+    try:
+        # The relay asks the kernel who owns a client's sockets: a datagram
+        # passes only from the user who holds the UDP ASSOCIATE's
+        # connection. On the host, like the sockets it asks about.
+        diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    except OSError as e:
+        listener.close()
+        relay.close()
+        raise SetupError(f"cannot open a NETLINK_SOCK_DIAG socket: {e.strerror}") from e
+    return ProxySpec(spec.host, _bound_port(listener)), listener, relay, diag
 
 
 def _auth_fields(req: ReachRequest) -> dict[str, str]:
@@ -238,8 +240,8 @@ def _arrow(published: str) -> str:
 
 def already_running(name: str) -> ProfileError:
     return ProfileError(
-        f"profile {name!r} is already running: -p, --socks and --http-proxy apply "
-        "only when a profile starts",
+        f"profile {name!r} is already running: -p, --socks, --http-proxy and "
+        "--port-forward apply only when a profile starts",
         hint=f"`wg-wrap publish {name} [ADDR:]HOSTPORT:PORT` publishes a port on it",
     )
 

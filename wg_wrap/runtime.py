@@ -39,6 +39,11 @@ VIEW_FILE = "view.json"  # written by the sidecar: the namespace's view of the h
 # aftercare, seeing the sidecar end without its clean mark (killed after its
 # grace), then says nothing to the programs inside.
 STOPPING_FILE = "stopping"
+# Port forwarding (wg_wrap.portfwd): wg-wrap's plan, the sidecar's status
+# and the port itself.
+PORTFORWARD_PLAN = "portforward.json"
+PORTFORWARD_STATUS = "portforward-status.json"
+FORWARDED_PORT = "forwarded_port"
 
 
 def check_profile_name(name: str) -> str:
@@ -120,7 +125,31 @@ def _flock_within(fd: int, how: int, timeout: float, what: str) -> None:
             time.sleep(0.01)
 
 
-class locked:
+class _DirectoryLock:
+    """An exclusive flock on a directory, waited for at most ``timeout``."""
+
+    def __init__(self, path: str, what: str, timeout: float) -> None:
+        self.path, self.what, self.timeout = path, what, timeout
+        self.fd = -1
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def __enter__(self) -> None:
+        self.fd = self._open()
+        try:
+            _flock_within(self.fd, fcntl.LOCK_EX, self.timeout, self.what)
+        except BaseException:
+            os.close(self.fd)
+            self.fd = -1
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+        self.fd = -1
+
+
+class locked(_DirectoryLock):
     """The runtime lock: the set of profiles (creating, starting, joining,
     stopping, removing one). Held briefly: nothing under it waits on a
     running sidecar beyond a bounded start, and acquiring it is bounded too.
@@ -128,51 +157,23 @@ class locked:
     that profile's lock instead (profile_locked)."""
 
     def __init__(self, base: str, timeout: float = LOCK_WAIT) -> None:
-        self.base = base
-        self.timeout = timeout
-        self.fd = -1
-
-    def __enter__(self) -> None:
-        self.fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            _flock_within(self.fd, fcntl.LOCK_EX, self.timeout,
-                          f"the runtime lock ({self.base})")
-        except BaseException:
-            os.close(self.fd)
-            self.fd = -1
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-        self.fd = -1
+        super().__init__(base, f"the runtime lock ({base})", timeout)
 
 
-class profile_locked:
+class profile_locked(_DirectoryLock):
     """One profile's lock (flock on its directory): serializes what talks to
     its sidecar and rewrites its state.toml (publish, unpublish), without
     holding up any other profile."""
 
     def __init__(self, profile: Profile, timeout: float = LOCK_WAIT) -> None:
-        self.profile = profile
-        self.timeout = timeout
-        self.fd = -1
+        super().__init__(profile.dir, f"the lock of profile {profile.name}", timeout)
+        self.name = profile.name
 
-    def __enter__(self) -> None:
+    def _open(self) -> int:
         try:
-            self.fd = os.open(self.profile.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            return super()._open()
         except FileNotFoundError:
-            raise ProfileError(f"profile {self.profile.name!r} is not running") from None
-        try:
-            _flock_within(self.fd, fcntl.LOCK_EX, self.timeout,
-                          f"the lock of profile {self.profile.name}")
-        except BaseException:
-            os.close(self.fd)
-            self.fd = -1
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-        self.fd = -1
+            raise ProfileError(f"profile {self.name!r} is not running") from None
 
 
 class State:
@@ -320,6 +321,14 @@ class Profile:
     def view_path(self) -> str:
         return os.path.join(self.dir, VIEW_FILE)
 
+    @property
+    def portforward_plan_path(self) -> str:
+        return os.path.join(self.dir, PORTFORWARD_PLAN)
+
+    @property
+    def portforward_status_path(self) -> str:
+        return os.path.join(self.dir, PORTFORWARD_STATUS)
+
     def create_dir(self) -> None:
         try:
             os.mkdir(self.dir, 0o700)
@@ -331,7 +340,7 @@ class Profile:
         """What a dead sidecar left that its successor must make anew: the
         files of its re-resolution and of its view."""
         for name in (RERESOLVE_PLAN, ENDPOINTS_FILE, VIEW_FILE, STOPPING_FILE,
-                     STATE_FILE + ".tmp"):
+                     PORTFORWARD_STATUS, FORWARDED_PORT, STATE_FILE + ".tmp"):
             try:
                 os.unlink(os.path.join(self.dir, name))
             except FileNotFoundError:
@@ -417,6 +426,20 @@ def process_start_time(pid: int) -> int | None:
     # The command name (field 2) may contain spaces and parentheses.
     fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[19])
+
+
+def forwarded_port(profile_dir: str) -> str | None:
+    """The port in the profile's FORWARDED_PORT, if the sidecar holds one
+    (one read: the join path passes it on)."""
+    try:
+        fd = os.open(os.path.join(profile_dir, FORWARDED_PORT), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 16).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    return text if text.isdigit() else None
 
 
 def process_stopped(pid: int) -> bool:

@@ -29,6 +29,7 @@ from wg_wrap import (
     keys,
     launch,
     notify,
+    portfwd,
     publish,
     runtime,
     sockets,
@@ -43,7 +44,9 @@ from wg_wrap.lifetime import (
     Attached,
     Ending,
     attach_running,
+    join_running,
     left_inside,
+    live_states,
     namespace_members,
     reap_stale,
     stop_started,
@@ -53,6 +56,7 @@ from wg_wrap.lifetime import (
     wait_until_ended,
     warn,
 )
+from wg_wrap.portfwd import PortForward
 from wg_wrap.reach import ReachRequest
 from wg_wrap.runtime import Profile, State
 
@@ -117,6 +121,7 @@ class Request:
     reresolve_after: float = 135.0  # seconds; 0: never re-resolve endpoint names
     reach: ReachRequest | None = None  # published ports, the proxy front
     via: str | None = None  # multi-hop: the profile whose tunnel this one's packets ride
+    port_forward: PortForward | None = None  # a forwarded port over NAT-PMP
 
     @property
     def profile_name(self) -> str:
@@ -204,6 +209,24 @@ def _write_new(path: str, text: str, mode: int) -> None:
         f.write(text)
 
 
+def _port_forward_plan(
+    request: Request, cfg: wgconfig.Config, profile: Profile, healing: Healing | None,
+) -> bool:
+    """Write the plan of --port-forward (a heal keeps the dead sidecar's,
+    unless it is asked anew); whether there is one."""
+    forward = request.port_forward
+    if forward is None:
+        return healing is not None and os.path.exists(profile.portforward_plan_path)
+    gateway = forward.gateway or portfwd.default_gateway(cfg.interface.addresses, request.path)
+    trace(request.verbose, f"port forward: NAT-PMP to {gateway}, internal port "
+          f"{forward.internal_port or 'any'}")
+    text = portfwd.plan_json(forward, gateway, dict(os.environ))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(profile.portforward_plan_path)
+    _write_new(profile.portforward_plan_path, text, 0o600)
+    return True
+
+
 def _reresolution(
     request: Request, cfg: wgconfig.Config, profile: Profile, family: int,
     outer: hop.Outer | None,
@@ -256,7 +279,8 @@ def hidden_dirs(profile: Profile) -> list[str]:
 
 
 def sidecar_options(
-    profile: Profile, mtu: int, mode: str, dns: bool, reresolve: bool
+    profile: Profile, mtu: int, mode: str, dns: bool, reresolve: bool,
+    port_forward: bool = False,
 ) -> list[str]:
     """The sidecar's command line (wg-wrap-sidecar's own options)."""
     options = ["--profile", profile.name, "--ifname", IFNAME, "--mtu", str(mtu), "--view"]
@@ -271,21 +295,16 @@ def sidecar_options(
     if reresolve:
         options += ["--reresolve", runtime.RERESOLVE_PLAN,
                     "--reresolve-status", runtime.ENDPOINTS_FILE]
+    if port_forward:
+        options += ["--port-forward", runtime.PORTFORWARD_PLAN]
     return options
 
 
 def _same_key_elsewhere(profile: Profile, public_key: str) -> list[str]:
     """The other running profiles with this public key (so this private key)."""
-    found = []
-    for other in runtime.list_profiles(os.path.dirname(profile.dir)):
-        state = other.read_state() if other.name != profile.name else None
-        if state is None or state.public_key != public_key:
-            continue
-        sidecar = launch.open_sidecar(state.sidecar_pid, state.sidecar_start)
-        if sidecar is not None:
-            sidecar.close()
-            found.append(other.name)
-    return found
+    return [other.name for other, state in live_states(os.path.dirname(profile.dir),
+                                                      but=profile.name)
+            if state.public_key == public_key]
 
 
 def _keep_log(profile: Profile, kept: list[str]) -> None:
@@ -357,6 +376,7 @@ def _start_profile(
             profile.remove_sidecar_files()
             undo.callback(profile.write_state, healing.state)
 
+        forwarding = _port_forward_plan(request, cfg, profile, healing)
         if outer is None:
             host_socket = hostnet.open_host_socket(cfg.interface.listen_port,
                                                    request.listen_address)
@@ -394,7 +414,8 @@ def _start_profile(
         outer_hold = outer.hold_fd() if outer is not None else None
         if outer_hold is not None:
             undo.callback(os.close, outer_hold)
-        options = sidecar_options(profile, mtu, mode, bool(dns_servers), dns_socket is not None)
+        options = sidecar_options(profile, mtu, mode, bool(dns_servers), dns_socket is not None,
+                                  forwarding)
 
         how = "create" if healing is None else \
             "enter (the namespaces of the programs left inside)"
@@ -566,7 +587,8 @@ def _acquire(request: Request, cfg: wgconfig.Config, mode: str) -> Attached:
                         f"profile {profile.name!r} is running {now}",
                         hint="pick another name with -n NAME, or stop it first",
                     )
-                if request.reach:
+                if request.reach or (request.port_forward is not None and
+                                     not os.path.exists(profile.portforward_plan_path)):
                     attached.release()
                     attached.sidecar.close()
                     raise publish.already_running(profile.name)
@@ -640,12 +662,7 @@ def join_by_name(request: Request) -> Attached | None:
     if not os.path.isdir(base):
         return None
     profile = Profile.at(base, request.name)
-    try:
-        with runtime.locked(base):
-            attached = attach_running(profile)
-    except Ending as ending:
-        wait_until_ended(ending)  # then it is not running: started afresh
-        return None
+    attached = join_running(base, profile)  # an ending one is then gone: started afresh
     if attached is not None:
         trace(request.verbose, f"joining running profile {profile.name}")
     return attached
@@ -882,7 +899,24 @@ def run(request: Request, command: Sequence[str]) -> NoReturn:
     if attached is None:
         request, cfg = load(request)
         attached = acquire(request, cfg, "ephemeral")
+    if request.port_forward is not None and attached.started:
+        _wait_for_forwarded_port(attached.profile)
     trace(request.verbose, f"wg-wrap-launcher join -- {' '.join(command)}")
-    launch.exec_joined(attached.sidecar, command, attached.hold_fd)
+    launch.exec_joined(attached.sidecar, command, attached.hold_fd, attached.profile.dir)
+
+
+def _wait_for_forwarded_port(profile: Profile) -> None:
+    """`run --port-forward` starts its program with the port, if one comes
+    in time; else it says why and starts it anyway."""
+    port = portfwd.wait_for_port(profile)
+    if port is not None:
+        print(f"wg-wrap: forwarded port {port}", file=sys.stderr, flush=True)
+        return
+    status = portfwd.read_status(profile) or {}
+    reason = status.get("last_error") or "no answer yet"
+    hint = f" ({status['hint']})" if status.get("hint") else ""
+    warn(f"no forwarded port from the gateway within {portfwd.FIRST_MAPPING_WAIT:g} s: "
+         f"{reason}{hint}; starting the program without one (the sidecar keeps asking: "
+         "`wg-wrap status` shows when it comes)")
 
 

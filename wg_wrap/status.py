@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from wg_wrap import keys, launch, lifetime, runtime, sockets, uapi
+from wg_wrap import keys, launch, lifetime, portfwd, runtime, sockets, uapi
 from wg_wrap.errors import UAPIError
 from wg_wrap.runtime import Profile, State
 
@@ -27,6 +27,7 @@ class ProfileStatus:
     members: tuple[int, ...] = ()
     names: dict[str, dict[str, Any]] | None = None  # endpoint names, by hex public key
     view: dict[str, Any] | None = None  # the sidecar's view.json: the namespace's view of the host
+    port_forward: dict[str, Any] | None = None  # the sidecar's NAT-PMP status
 
 
 def _endpoint_names(profile: Profile) -> dict[str, dict[str, Any]]:
@@ -69,7 +70,7 @@ def collect(profile: Profile, by_netns: dict[str, list[int]] | None = None) -> P
         members = lifetime.namespace_members(sidecar.pid, scan=by_netns)
         return ProfileStatus(
             profile, state, True, device, tuple(members), _endpoint_names(profile),
-            _view(profile),
+            _view(profile), portfwd.read_status(profile),
         )
     finally:
         sidecar.close()
@@ -107,24 +108,23 @@ def age(since: float | None, now: float) -> str:
 def _summary(st: ProfileStatus, now: float) -> list[str]:
     state = st.state
     if state is None:
-        return [st.profile.name, "?", "-", "-", "-", "dead", "-", "-", "-", "-"]
+        return [st.profile.name, "?", "-", "-", "-", "dead", "-", "-", "-", "-", "-"]
     endpoint = ", ".join(state.endpoints) or "-"
     if state.via:
         endpoint += f" via {state.via}"
     if not st.alive:
         return [st.profile.name, state.mode, "-", str(len(st.members)), endpoint, "dead",
-                "-", "-", "-", "-"]
+                "-", "-", "-", "-", "-"]
     mode = state.mode if state.ready else "starting"
     row = [st.profile.name, mode, str(state.sidecar_pid), str(len(st.members)), endpoint]
+    tail = [reach_summary(state), view_summary(st), portfwd.summary(st.port_forward)]
     if st.device is None:
-        return [*row, not_responding(state.sidecar_pid), "-", "-", reach_summary(state),
-                view_summary(st)]
+        return [*row, not_responding(state.sidecar_pid), "-", "-", *tail]
     peers = st.device.peers
     last = max((p.last_handshake or 0 for p in peers), default=0)
     rx = sum(p.rx_bytes for p in peers)
     tx = sum(p.tx_bytes for p in peers)
-    return [*row, age(last, now), human_bytes(rx), human_bytes(tx), reach_summary(state),
-            view_summary(st)]
+    return [*row, age(last, now), human_bytes(rx), human_bytes(tx), *tail]
 
 
 def view_summary(st: ProfileStatus) -> str:
@@ -162,7 +162,7 @@ def reach_summary(state: State) -> str:
 def format_ls(statuses: list[ProfileStatus]) -> str:
     now = time.time()
     rows = [["NAME", "MODE", "PID", "ATTACHED", "ENDPOINT", "HANDSHAKE", "RX", "TX", "REACH",
-             "VIEW"]]
+             "VIEW", "FWD"]]
     rows += [_summary(st, now) for st in statuses]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -209,6 +209,8 @@ def as_dict(st: ProfileStatus) -> dict[str, Any]:
     })
     if st.view is not None:
         out["view"] = st.view
+    if st.port_forward is not None:
+        out["port_forward"] = st.port_forward
     if st.device is not None:
         out["peers"] = [_peer_dict(p, (st.names or {}).get(p.public_key.hex()))
                         for p in st.device.peers]
@@ -284,6 +286,8 @@ def format_status(st: ProfileStatus) -> str:
     if d["http_proxy"]:
         auth = " (password required)" if d["http_proxy"]["auth"] else ""
         lines.append(f"  http proxy: {d['http_proxy']['address']}{auth}")
+    if "port_forward" in d:
+        lines.append(f"  port forward: {port_forward_line(d['port_forward'], now)}")
     for peer in d.get("peers", []):
         lines += [
             "",
@@ -308,6 +312,27 @@ def format_status(st: ProfileStatus) -> str:
         for proc in d["processes"]:
             lines.append(f"  {proc['pid']:>7}  {proc['name']}  {' '.join(proc['cmdline'])}")
     return "\n".join(lines)
+
+
+def port_forward_line(pf: dict[str, Any], now: float) -> str:
+    """``port 45678 (udp, tcp) from gateway 10.2.0.1, renewed 20s ago, lifetime 60 s``"""
+    gateway = pf.get("gateway") or "?"
+    if pf.get("state") == "mapped":
+        external = pf.get("external_port")
+        at = f" at {pf['external_address']}" if pf.get("external_address") else ""
+        outside = f", {external}{at} outside" if external and (external != pf.get("port") or at) \
+            else ""
+        renewed = _timestamp(pf["renewed_at"]) if pf.get("renewed_at") else None
+        line = (f"port {pf.get('port')} ({', '.join(pf.get('protocols') or [])}) from gateway "
+                f"{gateway}{outside}, lifetime {pf.get('lifetime')} s")
+        return line + (f", renewed {age(renewed, now)}" if renewed else "")
+    line = "none yet" if pf.get("state") == "requesting" else str(pf.get("state") or "?")
+    line += f", asking gateway {gateway}"
+    if pf.get("last_error"):
+        line += f"; last error: {pf['last_error']}"
+    if pf.get("hint"):
+        line += f" ({pf['hint']})"
+    return line
 
 
 def view_line(view: dict[str, Any], now: float) -> str:

@@ -90,7 +90,7 @@ function _shtab_wg_wrap_using
 end
 
 set -g _shtab_wg_wrap_commands run up exec down ls status doctor publish unpublish proxy check demo
-set -g _shtab_wg_wrap_opts_with_value --config --dns --http-proxy --listen-address --name --proxy-auth-file --publish --reresolve-after --socks --timeout --via -c -n -p
+set -g _shtab_wg_wrap_opts_with_value --config --dns --http-proxy --listen-address --name --port-forward --port-forward-cmd --port-forward-gateway --proxy-auth-file --publish --reresolve-after --socks --timeout --via -c -n -p
 
 complete -c wg-wrap -e
 complete -c wg-wrap -f
@@ -110,6 +110,9 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using run' -s p -l publish -x -d 'reach P
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l socks -x -d 'serve a SOCKS5 proxy into the tunnel on the host (ADDR defaults to 127.0.0.1), e.g. --socks 1080; names are resolved inside, through the tunnel'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l http-proxy -x -d 'serve an HTTP proxy (CONNECT and http:// URIs) into the tunnel on the host, e.g. --http-proxy 3128'
 complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l proxy-auth-file -x -d 'require the USER:PASSWORD in FILE from proxy clients (SOCKS5 username/password, HTTP Basic); or set WG_WRAP_PROXY_AUTH=USER:PASSWORD. Required for a proxy on an address other than loopback'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l port-forward -x -d 'ask the VPN'"'"'s gateway for a forwarded port over NAT-PMP, inside the tunnel, and keep it (ProtonVPN'"'"'s P2P servers); programs find it in $WG_WRAP_FORWARDED_PORT, `wg-wrap status` and the runtime directory'"'"'s forwarded_port; =PORT asks for that port on this side'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l port-forward-gateway -x -d 'the NAT-PMP gateway (default: the tunnel'"'"'s first IPv4 address with the last number 1, e.g. 10.2.0.1 for 10.2.0.2)'
+complete -c wg-wrap -n '_shtab_wg_wrap_using run' -l port-forward-cmd -x -d 'run CMD (by /bin/sh, inside the profile, as a wrapped program) each time the port is obtained or changes, {port} replaced by it, e.g. to set a torrent client'"'"'s listen port'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a up -d 'start a persistent tunnel that later commands join (`exec`, `run`)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s h -l help -d 'show this help message and exit'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s c -l config -xka "(_wg_wrap_config_files)" -d 'wg-quick configuration file, e.g. -c ~/vpn/wg0.conf; without it, -n NAME reads NAME.conf from $XDG_CONFIG_HOME/wg-wrap (~/.config/wg-wrap)'
@@ -123,6 +126,9 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using up' -s p -l publish -x -d 'reach PO
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l socks -x -d 'serve a SOCKS5 proxy into the tunnel on the host (ADDR defaults to 127.0.0.1), e.g. --socks 1080; names are resolved inside, through the tunnel'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l http-proxy -x -d 'serve an HTTP proxy (CONNECT and http:// URIs) into the tunnel on the host, e.g. --http-proxy 3128'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l proxy-auth-file -x -d 'require the USER:PASSWORD in FILE from proxy clients (SOCKS5 username/password, HTTP Basic); or set WG_WRAP_PROXY_AUTH=USER:PASSWORD. Required for a proxy on an address other than loopback'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l port-forward -x -d 'ask the VPN'"'"'s gateway for a forwarded port over NAT-PMP, inside the tunnel, and keep it (ProtonVPN'"'"'s P2P servers); programs find it in $WG_WRAP_FORWARDED_PORT, `wg-wrap status` and the runtime directory'"'"'s forwarded_port; =PORT asks for that port on this side'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l port-forward-gateway -x -d 'the NAT-PMP gateway (default: the tunnel'"'"'s first IPv4 address with the last number 1, e.g. 10.2.0.1 for 10.2.0.2)'
+complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l port-forward-cmd -x -d 'run CMD (by /bin/sh, inside the profile, as a wrapped program) each time the port is obtained or changes, {port} replaced by it, e.g. to set a torrent client'"'"'s listen port'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l no-wait -d 'return at once instead of waiting for the first handshake (e.g. for a server, or a peer that is not up yet)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l foreground -d 'stay in the foreground until SIGTERM or Ctrl-C, then take the profile down; tell systemd (Type=notify) when the tunnel is up; exit non-zero if the sidecar dies'
 complete -c wg-wrap -n '_shtab_wg_wrap_using up' -l timeout -x -d 'how long to wait for the first handshake, e.g. --timeout 30 (default: 15)'
@@ -165,6 +171,9 @@ complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -s p -l publish -x -d 'reach
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l socks -x -d 'serve a SOCKS5 proxy into the tunnel on the host (ADDR defaults to 127.0.0.1), e.g. --socks 1080; names are resolved inside, through the tunnel'
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l http-proxy -x -d 'serve an HTTP proxy (CONNECT and http:// URIs) into the tunnel on the host, e.g. --http-proxy 3128'
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l proxy-auth-file -x -d 'require the USER:PASSWORD in FILE from proxy clients (SOCKS5 username/password, HTTP Basic); or set WG_WRAP_PROXY_AUTH=USER:PASSWORD. Required for a proxy on an address other than loopback'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l port-forward -x -d 'ask the VPN'"'"'s gateway for a forwarded port over NAT-PMP, inside the tunnel, and keep it (ProtonVPN'"'"'s P2P servers); programs find it in $WG_WRAP_FORWARDED_PORT, `wg-wrap status` and the runtime directory'"'"'s forwarded_port; =PORT asks for that port on this side'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l port-forward-gateway -x -d 'the NAT-PMP gateway (default: the tunnel'"'"'s first IPv4 address with the last number 1, e.g. 10.2.0.1 for 10.2.0.2)'
+complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l port-forward-cmd -x -d 'run CMD (by /bin/sh, inside the profile, as a wrapped program) each time the port is obtained or changes, {port} replaced by it, e.g. to set a torrent client'"'"'s listen port'
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l no-wait -d 'do not wait for the first handshake before serving'
 complete -c wg-wrap -n '_shtab_wg_wrap_using proxy' -l timeout -x -d 'how long to wait for the first handshake (default: 15)'
 complete -c wg-wrap -n '_shtab_wg_wrap_using; and test $_shtab_wg_wrap_npos -eq 0' -a check -d 'test a profile for leaks: a table of pass/fail lines'

@@ -249,6 +249,7 @@ def test_the_template_is_the_packaged_template() -> None:
     renders) is apparmor.TEMPLATE, and render() changes only the two places."""
     assert TEMPLATE_IN.read_text() == apparmor.TEMPLATE
     for part in (apparmor.TEMPLATE_HEADER, apparmor.TEMPLATE_SIDECAR, apparmor.TEMPLATE_PROGRAMS,
+                 apparmor.TEMPLATE_SIDECAR_PROGRAMS,
                  apparmor.TEMPLATE_SIDECAR_HEADER, apparmor.TEMPLATE_PROGRAM_HEADER,
                  apparmor.TEMPLATE_LOCAL):
         assert apparmor.TEMPLATE.count(part) == 1, part

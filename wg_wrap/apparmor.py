@@ -93,6 +93,8 @@ profile wg-wrap-launcher-sidecar flags=(attach_disconnected,mediate_deleted) {
   allow signal,
   allow mount,
   allow umount,
+  # --port-forward-cmd: the user's command, run as their programs are
+  allow px /** -> wg-wrap-launcher-program,
 }
 
 profile wg-wrap-launcher-program flags=(attach_disconnected,mediate_deleted) {
@@ -114,7 +116,8 @@ profile wg-wrap-launcher-program flags=(attach_disconnected,mediate_deleted) {
 # The places render() changes (a test checks each occurs exactly once): the
 # launcher's header, the sidecar's path and the names of the two profiles
 # what the launcher runs is stacked with (named after the launcher's, so that
-# two installations' profiles never collide), and the local include.
+# two installations' profiles never collide; the sidecar runs the user's
+# --port-forward-cmd as a program), and the local include.
 FLAGS = "flags=(attach_disconnected,mediate_deleted) {"
 TEMPLATE_HEADER = f"profile wg-wrap-launcher @LIBEXECDIR@/wg-wrap/wg-wrap-launcher {FLAGS}"
 TEMPLATE_SIDECAR = (
@@ -122,6 +125,7 @@ TEMPLATE_SIDECAR = (
     "&wg-wrap-launcher//&wg-wrap-launcher-sidecar,"
 )
 TEMPLATE_PROGRAMS = "  allow pix /** -> &wg-wrap-launcher//&wg-wrap-launcher-program,"
+TEMPLATE_SIDECAR_PROGRAMS = "  allow px /** -> wg-wrap-launcher-program,"
 TEMPLATE_SIDECAR_HEADER = f"profile wg-wrap-launcher-sidecar {FLAGS}"
 TEMPLATE_PROGRAM_HEADER = f"profile wg-wrap-launcher-program {FLAGS}"
 TEMPLATE_LOCAL = "<local/wg-wrap-launcher>"
@@ -410,6 +414,7 @@ def render(launcher: str, name: str = PROFILE_NAME) -> str:
         .replace(TEMPLATE_SIDECAR,
                  f"  allow px {attachment_for(sidecar)} -> &{name}//&{name}-sidecar,")
         .replace(TEMPLATE_PROGRAMS, f"  allow pix /** -> &{name}//&{name}-program,")
+        .replace(TEMPLATE_SIDECAR_PROGRAMS, f"  allow px /** -> {name}-program,")
         .replace(TEMPLATE_SIDECAR_HEADER, f"profile {name}-sidecar {FLAGS}")
         .replace(TEMPLATE_PROGRAM_HEADER, f"profile {name}-program {FLAGS}")
         .replace(TEMPLATE_LOCAL, f"<local/{name}>")

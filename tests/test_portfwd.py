@@ -7,6 +7,7 @@ natpmpc in tests/test_natpmp_gateway.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -371,3 +372,22 @@ def test_miniupnpd_forwards_the_port_to_the_wrapped_program(
     tcp, udp = done.stdout.splitlines()
     assert tcp.startswith(f"from {OUTSIDE_PEER}:"), tcp  # the peer's own address, not NATed
     assert udp.startswith(f"{OUTSIDE_PEER}:") and udp.endswith(" datagram"), udp
+
+
+@pytest.mark.parametrize("gateway", [("--behaviour", "silent",)], indirect=True)
+def test_a_silent_gateway_is_asked_as_the_rfc_says_and_run_starts_anyway(
+    tool: Tool, wgwrap_server: WgWrapServer, gateway: Gateway,
+) -> None:
+    conf = tool.conf(wgwrap_server.client_config())
+    ran = tool("run", "-c", str(conf), "--port-forward", "--", "sh", "-c",
+               "echo port=${WG_WRAP_FORWARDED_PORT:-none}")
+    assert ran.returncode == 0 and ran.stdout == "port=none\n", ran
+    assert "warning: no forwarded port from the gateway within 10 s: no answer yet" \
+        in ran.stderr, ran.stderr
+    # RFC 6886 §3.1: resent after 250 ms, then each wait twice the last
+    times = [float(re.search(r" t=([\d.]+) ", line)[1])  # type: ignore[index]
+             for line in gateway.requests("udp")]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) >= 4, times
+    for gap, want in zip(gaps, (0.25, 0.5, 1.0, 2.0), strict=False):
+        assert want * 0.8 < gap < want * 1.5 + 0.1, (gaps, times)

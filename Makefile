@@ -61,12 +61,17 @@ LAUNCHER_LDFLAGS = -static-pie -Wl,-z,relro -Wl,-z,now
 LAUNCHER_SOURCES = launcher/wg-wrap-launcher.c launcher/aftercare.c
 
 # The Go sidecar: vendored modules, no paths, build ids or VCS stamps baked
-# in; PIE with BIND_NOW. GO_BUILDFLAGS adds the packager's own flags to `go
-# build`, GO_LDFLAGS to the linker's (a second -ldflags would replace ours),
-# e.g. a GNU build ID (-B 0x…) for the distribution's debug symbols.
+# in; a static executable (Go's default), not PIE: Go's PIE is loaded by the
+# dynamic loader, which relocates half a MiB of its data into private memory
+# in every sidecar, one per profile (docs/benchmarks.md), while the pages of
+# a plain executable are the file's, shared by all of them. A distribution
+# whose rules ask for PIE passes GO_BUILDFLAGS=-buildmode=pie (the last one
+# wins; BIND_NOW is already asked for). GO_BUILDFLAGS adds the packager's own
+# flags to `go build`, GO_LDFLAGS to the linker's (a second -ldflags would
+# replace ours), e.g. a GNU build ID (-B 0x…) for the debug symbols.
 GO_BUILDFLAGS ?=
 GO_LDFLAGS ?=
-SIDECAR_GOFLAGS = -mod=vendor -trimpath -buildvcs=false -buildmode=pie \
+SIDECAR_GOFLAGS = -mod=vendor -trimpath -buildvcs=false -buildmode=exe \
 	-ldflags='-buildid= -bindnow -X main.version=$(VERSION) $(GO_LDFLAGS)' $(GO_BUILDFLAGS)
 GO_ENV = CGO_ENABLED=0 GOTOOLCHAIN=local GOPROXY=off GOFLAGS= GOCACHE=$(GO_CACHE)
 # Go needs a build cache: its own default where that exists or $HOME can
@@ -223,7 +228,7 @@ pkgbuild: dist
 # with glibc's -static-pie (PIE, RELRO, BIND_NOW and the stack protector kept,
 # and the same headers as `make`), by Debian's x86_64-linux-gnu-gcc and
 # aarch64-linux-gnu-gcc (cross); the sidecar with CGO_ENABLED=0 and
-# -buildmode=exe (Go's own PIE asks for the dynamic loader). Both stripped,
+# -buildmode=exe, as `make` builds it. Both stripped,
 # built with fixed flags: the distribution's CFLAGS and GO_* flags are for
 # `make`, not for a wheel that must build the same everywhere. The platform
 # tags are manylinux_2_17 (manylinux2014) and musllinux_1_1: the helpers use

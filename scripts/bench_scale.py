@@ -4,7 +4,8 @@
 Part 1: one wg-wrap server with N peers (127.0.0.1), and N client profiles
 (`up`, different keys) at once: each must pass traffic (a page, then 16 MiB
 through TCP); prints each sidecar's RSS idle and after traffic, its aftercare's,
-and what an idle profile costs in all (sidecar + aftercare), and how long
+and what an idle profile costs in all (sidecar + aftercare; and of that, its
+private memory, the binaries' pages being shared by all), and how long
 `wg-wrap ls` takes with N profiles (against `python -c pass`, interleaved).
 
 Part 2: M programs (`sleep`) joined to one profile with `exec`: how long
@@ -60,6 +61,17 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def private_kib(pid: int) -> int:
+    """What pid holds that no other process shares (Private_Clean +
+    Private_Dirty: its own pages, not the binary's shared with the others)."""
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
 
 
 def timed(argv: list[str], runs: int) -> list[float]:
@@ -157,6 +169,8 @@ def part1(tool: Tool, tmp: Path, n: int, runs: int) -> list[str]:
         idle = {name: rss_kib(tool.sidecar(name)) for name in names}
         care = {name: rss_kib(tool.aftercare(name)) for name in names}
         profile = {name: idle[name] + care[name] for name in names}
+        own = {name: private_kib(tool.sidecar(name)) + private_kib(tool.aftercare(name))
+               for name in names}
         for name in names:  # every profile passes traffic
             tool("exec", name, "--", tool.python, "-c", SEND, "10.252.255.1")
         after = {name: rss_kib(tool.sidecar(name)) for name in names}
@@ -175,6 +189,9 @@ def part1(tool: Tool, tmp: Path, n: int, runs: int) -> list[str]:
             f"per idle profile (sidecar + aftercare): median "
             f"{statistics.median(profile.values()) / 1024:.1f} MiB (max "
             f"{max(profile.values()) / 1024:.1f})",
+            f"of which its own (private, not shared with the other profiles): median "
+            f"{statistics.median(own.values()) / 1024:.1f} MiB "
+            f"(max {max(own.values()) / 1024:.1f})",
             f"sidecar RSS after traffic: median {statistics.median(after.values()) / 1024:.1f} MiB "
             f"(min {min(after.values()) / 1024:.1f}, max {max(after.values()) / 1024:.1f})",
             f"wg-wrap ls ({n + 1} profiles): {ms(ls_runs)}",

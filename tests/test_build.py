@@ -212,14 +212,34 @@ def _readelf(path: Path, *flags: str) -> str:
     return run(["readelf", "--wide", *flags, path]).stdout
 
 
-@pytest.mark.parametrize("name", BINARIES)
-def test_binaries_are_hardened(offline_tarball: OfflineBuild, name: str) -> None:
-    binary = offline_tarball.source / "build" / name
-    assert re.search(r"Type:\s+DYN", _readelf(binary, "-h")), f"{name} is not PIE"
-    assert "GNU_RELRO" in _readelf(binary, "-l"), f"{name} has no RELRO segment"
+def test_the_launcher_is_hardened(offline_tarball: OfflineBuild) -> None:
+    binary = offline_tarball.source / "build" / paths.LAUNCHER
+    assert re.search(r"Type:\s+DYN", _readelf(binary, "-h")), "the launcher is not PIE"
+    assert "GNU_RELRO" in _readelf(binary, "-l"), "the launcher has no RELRO segment"
     dynamic = _readelf(binary, "-d")
     assert re.search(r"\(FLAGS\)\s+BIND_NOW|\(FLAGS_1\)\s+Flags:.*\bNOW\b", dynamic), dynamic
     assert re.search(r"\(FLAGS_1\)\s+Flags:.*\bPIE\b", dynamic), dynamic
+
+
+def test_the_sidecar_is_a_static_executable_with_nothing_writable_and_executable(
+    offline_tarball: OfflineBuild,
+) -> None:
+    """Not PIE (the Makefile says why): no loader, no relocations to apply,
+    so its type data and tables are read-only from the start; no segment is
+    both writable and executable, nor is the stack."""
+    binary = offline_tarball.source / "build" / paths.SIDECAR
+    assert re.search(r"Type:\s+EXEC", _readelf(binary, "-h"))
+    segments = _readelf(binary, "-l")
+    headers, mapping = segments.split("Section to Segment mapping:")
+    kinds = re.findall(r"^\s+([A-Z_]+)\s+0x[0-9a-f]+\s+(?:0x[0-9a-f]+\s+){4}([RWE ]+?)\s+0x",
+                       headers, re.M)
+    rows = re.findall(r"^\s+\d\d(.*)$", mapping, re.M)
+    assert kinds and len(rows) == len(kinds), segments
+    assert not {"INTERP", "DYNAMIC"} & {kind for kind, _ in kinds}, segments
+    assert ("GNU_STACK", "RW") in kinds, segments
+    assert not [f for _, f in kinds if "W" in f and "E" in f], segments
+    (rodata,) = [f for (_, f), row in zip(kinds, rows, strict=True) if ".typelink" in row.split()]
+    assert rodata == "R", segments
 
 
 def test_the_distributions_flags_are_honoured(tmp_path: Path) -> None:

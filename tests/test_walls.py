@@ -206,40 +206,36 @@ def test_the_uapi_socket_serves_only_its_user(
     user shares: the sidecar asks the kernel who connected, and serves only
     its own user (the socket file's 0600 did that before)."""
     up(tool, wgwrap_server, "a")
-    stranger = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
-         str(stage.python), "-c",
-         "import socket, sys\n"
-         "s = socket.socket(socket.AF_UNIX); s.settimeout(5)\n"
-         "s.connect('\\0' + sys.argv[1][1:])\n"
-         "try:\n"
-         "    s.sendall(b'get=1\\n\\n'); print(repr(s.recv(100)))\n"
-         "except (ConnectionResetError, BrokenPipeError):\n"
-         "    print('reset')\n",
-         address(tool, "a", "uapi")],
-        capture_output=True, text=True, timeout=30, cwd="/",
-    )
-    assert stranger.returncode == 0, stranger.stderr
+
+    def as_nobody(kind: str, ask: str, where: str) -> str:
+        """Connect to ``where`` as user nobody and ``ask``: what came back."""
+        done = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+             str(stage.python), "-c",
+             "import socket, sys\n"
+             f"s = socket.socket(socket.AF_UNIX, {kind}); s.settimeout(5)\n"
+             "s.connect('\\0' + sys.argv[1][1:])\n"
+             "try:\n"
+             f"    {ask}\n"
+             "except (ConnectionResetError, BrokenPipeError):\n"
+             "    print('reset')\n",
+             where],
+            capture_output=True, text=True, timeout=30, cwd="/",
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     # Accepted by the kernel, closed by the sidecar unread.
-    assert stranger.stdout in ("b''\n", "reset\n"), stranger.stdout
+    got = as_nobody("socket.SOCK_STREAM", "s.sendall(b'get=1\\n\\n'); print(repr(s.recv(100)))",
+                    address(tool, "a", "uapi"))
+    assert got in ("b''\n", "reset\n"), got
     # Nor the control socket: no socket of the profile's (udp-socket) for a stranger.
-    asked = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
-         str(stage.python), "-c",
-         "import socket, sys\n"
-         "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.settimeout(5)\n"
-         "s.connect('\\0' + sys.argv[1][1:])\n"
-         "try:\n"
-         "    s.send(b'{\"op\":\"udp-socket\"}')\n"
-         "    data, fds, _, _ = s.recvmsg(100, socket.CMSG_SPACE(16))\n"
-         "    print(repr(data), len(fds))\n"
-         "except (ConnectionResetError, BrokenPipeError):\n"
-         "    print('reset')\n",
-         address(tool, "a", "control")],
-        capture_output=True, text=True, timeout=30, cwd="/",
-    )
-    assert asked.returncode == 0, asked.stderr
-    assert asked.stdout in ("b'' 0\n", "reset\n"), asked.stdout
+    got = as_nobody("socket.SOCK_SEQPACKET",
+                    "s.send(b'{\"op\":\"udp-socket\"}'); "
+                    "data, fds, _, _ = s.recvmsg(100, socket.CMSG_SPACE(16)); "
+                    "print(repr(data), len(fds))",
+                    address(tool, "a", "control"))
+    assert got in ("b'' 0\n", "reset\n"), got
     mine = tool("status", "a")
     assert mine.returncode == 0 and "latest handshake" in mine.stdout
 

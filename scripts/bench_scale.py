@@ -104,7 +104,9 @@ class Tool:
         return tomllib.loads((self.base / name / "state.toml").read_text())
 
     def sidecar(self, name: str) -> int:
-        return int(self.state(name)["sidecar_pid"])  # type: ignore[call-overload]
+        pid = self.state(name)["sidecar_pid"]
+        assert isinstance(pid, int)
+        return pid
 
     def aftercare(self, name: str) -> int:
         """The profile's aftercare process (wg-wrap-launcher aftercare)."""

@@ -19,7 +19,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,19 +30,21 @@ STAGE = Path(os.environ.get("WG_WRAP_STAGE", "/var/tmp/wg-wrap-stage"))
 TEST_USER = os.environ.get("WG_WRAP_TEST_USER", "wgwrap-test")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A test that fails with a WireGuard peer in its fixtures shows that
     peer's state and log (taken before the fixtures are torn down), so that a
     failure seen once, in CI, can be understood from its output."""
-    outcome = yield
-    report = outcome.get_result()
+    report = yield
     if report.when != "call" or not report.failed:
-        return
+        return report
     for name, value in getattr(item, "funcargs", {}).items():
         diagnostics = getattr(value, "diagnostics", None)
         if callable(diagnostics) and hasattr(value, "client_config"):
             report.sections.append((f"peer {name} ({value.name})", diagnostics()))
+    return report
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ class Gateway:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.booted = time.monotonic()
-        self.epoch_start = args.epoch_start
+        self.epoch_start: int = args.epoch_start
         self.mappings: dict[tuple[str, int, int], Mapping] = {}
         self.pool = FIRST_POOL_PORT
         self.requests = 0

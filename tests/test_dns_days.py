@@ -317,7 +317,7 @@ def lookups_during_changes(tool: Tool, argv: list[str], server: WgWrapServer,
             host_changes(resolved, nscd)
         out, err = loop.communicate(input="", timeout=LOOP_LIMIT + 10)  # stdin closes: it ends
         assert loop.returncode == 0, err
-        seen = json.loads(out)
+        seen: dict[str, Any] = json.loads(out)
         assert nscd.answered == 0, "nscd was asked while the loop ran"
         assert resolved.inside == 0, "systemd-resolved was asked from inside"
         # The detectors are not blind: the same lookup, from the host.

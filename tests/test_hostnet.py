@@ -4,6 +4,7 @@ retry policy) and the host socket (real sockets on loopback)."""
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ AllowedIPs = 0.0.0.0/0
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     record: list[Any] = []
-    monkeypatch.setattr(hostnet.time, "sleep", lambda s: record.append(("sleep", s)))
+    monkeypatch.setattr(time, "sleep", lambda s: record.append(("sleep", s)))
     return record
 
 
@@ -38,7 +39,7 @@ def _answers(monkeypatch: pytest.MonkeyPatch, calls: list[Any], *results: Any) -
             raise result
         return [(socket.AF_INET, kind, 17, "", (result, port))]
 
-    monkeypatch.setattr(hostnet.socket, "getaddrinfo", fake)
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
 
 
 def test_temporary_failures_are_retried(monkeypatch: pytest.MonkeyPatch, calls: list[Any]) -> None:

@@ -138,7 +138,7 @@ def test_published_udp_keeps_one_session_per_source(published: dict[str, object]
     info = published["info"]
     assert isinstance(info, dict)
     port = published_port(info, UDP_IN, "udp")
-    seen = {}
+    seen: dict[bytes, set[bytes]] = {}
     for who in (b"alice", b"bob"):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(10)

@@ -159,11 +159,14 @@ def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
                wgwrap_server.keys.client.hex().encode(), wgwrap_server.keys.server.hex().encode(),
                wgwrap_server.keys.text(wgwrap_server.keys.psk).encode(),
                wgwrap_server.keys.psk.hex().encode()]
-    argv = stage.wg_wrap("run", "-c", str(conf), "--", "sh", "-c", "echo started; sleep 3")
+    # The program runs until the checks are done: it ends when its stdin closes.
+    argv = stage.wg_wrap("run", "-c", str(conf), "--", "sh", "-c",
+                         "echo started; read -r _ || :")
     from conftest import as_user_argv
 
     proc = subprocess.Popen(as_user_argv(test_user, argv), env=user_env(user_runtime_dir),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd="/")
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "started"
@@ -198,7 +201,7 @@ def test_private_key_never_in_argv_or_environment_and_nothing_left_after(
                 assert not any(s in path.read_bytes() for s in secrets), path
         assert sidecars_of(test_user, user_runtime_dir), "the sidecar should be running now"
     finally:
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(input="", timeout=30)
     assert proc.returncode == 0, err
     deadline = time.monotonic() + 3
     while sidecars_of(test_user, user_runtime_dir) and time.monotonic() < deadline:
